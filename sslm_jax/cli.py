@@ -1,0 +1,180 @@
+"""`sslm-jax train | eval | sample | data`: parse, load the config, call the library.
+
+  sslm-jax train  --config configs/demo.py --workdir runs/demo [--config.train.num_epochs=30]
+  sslm-jax eval   --workdir runs/demo [--step N]
+  sslm-jax sample --workdir runs/demo [--step N] [--num 64] [--seed 0] [--out FILE]
+  sslm-jax data prepare --name idx_images/fashion_mnist --manual_dir DIR [--data_dir DIR]
+  sslm-jax data info    --name fashion_mnist [--data_dir DIR]
+
+Every error a user can cause exits non-zero with one message naming what is wrong and what is
+allowed; nothing in the workdir is written over.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+USAGE_ERROR, RUN_ERROR = 2, 1
+
+
+def _load_config(argv: list[str]):
+  """--config FILE plus --config.key=value overrides, as ml_collections' config_flags parses
+  them (types checked against the file's values), then validated."""
+  from absl import flags
+  from ml_collections import config_flags
+  from sslm_jax import config as config_lib
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
+                                  flag_values=flag_values, lock_config=True,
+                                  sys_argv=['sslm-jax'] + argv)
+  flags.DEFINE_string('workdir', None, 'Run folder.', flag_values=flag_values)
+  try:
+    flag_values(['sslm-jax'] + argv)
+    config = flag_values.config
+  except Exception as e:  # noqa: BLE001  absl, OS, attribute and type errors, one message each
+    raise config_lib.ConfigError(f'{type(e).__name__}: {e}') from e
+  if config is None or flag_values.workdir is None:
+    raise config_lib.ConfigError('train needs --config FILE and --workdir DIR')
+  return config_lib.validate(config), flag_values.workdir
+
+
+def _saved_config(workdir: str):
+  from sslm_jax import config as config_lib
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: --workdir must be the folder of a training run')
+  with open(path) as f:
+    return config_lib.from_json(f.read())
+
+
+def _restore_params(workdir: str, step: int | None):
+  """(run, params, step) of a checkpoint of the run in `workdir` (the newest by default)."""
+  from sslm_jax.train import checkpoint as ckpt_lib
+  from sslm_jax.train import loop
+  config = _saved_config(workdir)
+  run = loop.setup(config, workdir, need_train=False)
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  steps = checkpointer.steps()
+  if not steps:
+    raise ckpt_lib.CheckpointError(f'no checkpoint in {checkpointer.directory}')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise ckpt_lib.CheckpointError(f'--step {step} is not a checkpoint; allowed: {steps}')
+  try:
+    state = checkpointer.restore(step, run.init_state)
+  except Exception as e:  # noqa: BLE001
+    raise ckpt_lib.CheckpointError(f'checkpoint {step} in {checkpointer.directory} is '
+                                   f'unreadable: {type(e).__name__}: {e}') from e
+  finally:
+    checkpointer.close()
+  return run, state.params, step
+
+
+def cmd_train(args, rest: list[str]) -> int:
+  from sslm_jax.train import loop
+  config, workdir = _load_config(rest)
+  summary = loop.train_and_evaluate(config, workdir)
+  print(json.dumps(summary, indent=2, sort_keys=True))
+  return 0
+
+
+def cmd_eval(args, rest) -> int:
+  import jax
+  from sslm_jax.eval import autoencoder as ae_eval
+  run, params, step = _restore_params(args.workdir, args.step)
+  c = run.config
+  metrics = ae_eval.evaluate(params, run.eval_split, model=run.model,
+                             objective_config=c.objective, input_size=c.model.input_size,
+                             batch_size=c.train.eval_batch_size,
+                             rng=jax.random.fold_in(jax.random.PRNGKey(c.seed), 1_000_003))
+  result = {'step': step, 'split': c.data.eval_split, **metrics}
+  print(json.dumps(result, indent=2, sort_keys=True))
+  return 0
+
+
+def cmd_sample(args, rest) -> int:
+  import jax
+  from sslm_jax.eval import autoencoder as ae_eval
+  from sslm_jax.eval import pictures
+  run, params, step = _restore_params(args.workdir, args.step)
+  out = args.out or os.path.join(args.workdir, f'samples_step{step}_seed{args.seed}.png')
+  if os.path.exists(out) and not args.overwrite:
+    raise FileExistsError(f'{out} exists; pass --overwrite or another --out')
+  images = ae_eval.sample(params, args.num, jax.random.PRNGKey(args.seed), model=run.model)
+  pictures.save_samples(out, images)
+  print(out)
+  return 0
+
+
+def cmd_data(args, rest) -> int:
+  from sslm_jax.data import images as image_data
+  if args.action == 'prepare':
+    builder = image_data.prepare(args.name, args.data_dir, args.manual_dir)
+    print(f'{args.name} prepared in {builder.data_dir}')
+  splits = {}
+  for split in ('train', 'test'):
+    try:
+      s = image_data.load_split(args.name, split, data_dir=args.data_dir,
+                                manual_dir=args.manual_dir)
+    except image_data.DataError:
+      continue
+    splits[split] = {'examples': len(s), 'image_shape': list(s.images.shape[1:]),
+                     'classes': s.num_classes, 'pixel_mean': float(s.images.mean()),
+                     'pixel_std': float(s.images.std())}
+  print(json.dumps({'name': args.name, 'splits': splits}, indent=2))
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='sslm-jax', description=__doc__.split('\n')[0])
+  sub = parser.add_subparsers(dest='command', required=True)
+  train = sub.add_parser('train', help='train (or resume) a run; --config FILE --workdir DIR',
+                         add_help=False)
+  train.set_defaults(func=cmd_train)
+  for name, func, help_ in (('eval', cmd_eval, 'evaluate a checkpoint on the test split'),
+                            ('sample', cmd_sample, 'decode prior samples to a PNG')):
+    p = sub.add_parser(name, help=help_)
+    p.add_argument('--workdir', required=True)
+    p.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
+    p.set_defaults(func=func)
+    if name == 'sample':
+      p.add_argument('--num', type=int, default=64)
+      p.add_argument('--seed', type=int, default=0)
+      p.add_argument('--out', default='')
+      p.add_argument('--overwrite', action='store_true')
+  data = sub.add_parser('data', help='prepare or describe a tfds image dataset')
+  data.add_argument('action', choices=('prepare', 'info'))
+  data.add_argument('--name', required=True, help='e.g. idx_images/fashion_mnist, mnist')
+  data.add_argument('--data_dir', default='', help="tfds data dir ('' = tfds' default)")
+  data.add_argument('--manual_dir', default='', help='folder of local files (idx_images)')
+  data.set_defaults(func=cmd_data)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and tfds chatter goes through absl
+  for noisy in ('jax._src', 'orbax', 'tensorflow_datasets'):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  args, rest = build_parser().parse_known_args(argv)
+  if rest and args.command != 'train':
+    print(f'sslm-jax {args.command}: unknown arguments {rest}', file=sys.stderr)
+    return USAGE_ERROR
+  from sslm_jax.config import ConfigError
+  from sslm_jax.data.images import DataError
+  from sslm_jax.train.checkpoint import CheckpointError
+  from sslm_jax.train.loop import NonFiniteLossError, WorkdirError
+  try:
+    return args.func(args, rest)
+  except (ConfigError, DataError, WorkdirError, CheckpointError, FileNotFoundError,
+          FileExistsError, NonFiniteLossError) as e:
+    print(f'sslm-jax {args.command}: error: {e}', file=sys.stderr)
+    return RUN_ERROR if isinstance(e, NonFiniteLossError) else USAGE_ERROR
+
+
+if __name__ == '__main__':
+  sys.exit(main())

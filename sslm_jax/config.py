@@ -1,0 +1,198 @@
+"""The run configuration: defaults in one place, and the checks that run before any work.
+
+Config files in `configs/` start from `base_config()` (a locked ConfigDict: a misspelled key is an
+error, not a new key) and change what their experiment needs. `validate` names the key, the value
+and what is allowed for every problem it finds, all at once.
+"""
+
+import json
+from typing import Any
+
+import ml_collections
+
+MODELS = ('vae', 'ae')
+OBJECTIVES_FOR_MODEL = {'vae': ('seed', 'elbo'), 'ae': ('mse',)}
+LIKELIHOODS = ('gaussian', 'bernoulli')
+OPTIMIZERS = ('adam', 'adamw', 'sgd')
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'linear')
+CONV_TRANSPOSE_IMPLS = ('subpixel', 'xla')  # see sslm_jax/models/layers.py
+DTYPES = ('float32', 'bfloat16')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and what is allowed."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The seed's hyper-parameters (seed-reference.md): batch 64, Adam 1e-3, 30 epochs, latent 32."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'vae'
+  c.model.latent_dim = 32
+  c.model.input_size = 32            # images are resized to this square size
+  c.model.channels = 1
+  c.model.encoder_features = (64, 128, 256)  # stride-2 convolutions
+  c.model.encoder_out_features = 256         # the final valid convolution to 1x1
+  c.model.decoder_hidden = (256, 128, 64)    # dense layers after z
+  c.model.decoder_base_features = 64         # channels of the unflattened map
+  c.model.decoder_features = (128, 64)       # stride-2 transposed convs before the last one
+  c.model.conv_transpose_impl = 'subpixel'
+  c.model.dtype = 'float32'
+
+  c.objective = ml_collections.ConfigDict()
+  c.objective.name = 'seed'          # seed: MSE + kl_weight * mean(mu^2 + var - 1 - logvar)
+  c.objective.kl_weight = 1e-4
+  c.objective.beta = 1.0             # elbo: recon_nll + beta * KL
+  c.objective.likelihood = 'bernoulli'
+  c.objective.likelihood_scale = 0.1  # std of the gaussian likelihood, in [-1, 1] pixel units
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'fashion_mnist'      # any tfds image dataset; idx_images/<name> for local files
+  c.data.data_dir = ''               # '' = tfds' default (~/tensorflow_datasets)
+  c.data.manual_dir = ''             # local files for builders that read a manual dir
+  c.data.train_split = 'train'
+  c.data.eval_split = 'test'
+  c.data.image_key = 'image'
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adam'
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = 'constant'
+  c.optimizer.warmup_steps = 0
+  c.optimizer.end_learning_rate_factor = 0.0  # cosine/linear decay to lr * this
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.weight_decay = 1e-4    # adamw only
+  c.optimizer.momentum = 0.9         # sgd only; 0 = plain SGD
+  c.optimizer.grad_clip_norm = 0.0   # 0 = no clipping
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64
+  c.train.num_epochs = 30
+  c.train.num_steps = 0              # > 0 overrides num_epochs
+  c.train.eval_batch_size = 1000
+  c.train.log_every_steps = 100
+  c.train.eval_every_steps = 0       # 0 = once an epoch
+  c.train.checkpoint_every_steps = 0  # 0 = once an epoch; always at the end
+  c.train.keep_checkpoints = 3
+  c.train.async_checkpoints = True
+  c.train.num_pictures = 64
+  c.train.progress_bar = True
+
+  c.lock()
+  return c
+
+
+def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in d.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, dict):
+      out.update(_flatten(value, path + '.'))
+    else:
+      out[path] = value
+  return out
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Raises ConfigError listing every problem; returns the config when it is usable."""
+  problems = []
+  reference = _flatten(base_config().to_dict())
+  given = _flatten(config.to_dict())
+  for key in sorted(set(given) - set(reference)):
+    problems.append(f'unknown key {key!r}; known keys under it: '
+                    f'{sorted(k for k in reference if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0])}')
+  for key in sorted(set(reference) - set(given)):
+    problems.append(f'missing key {key!r}')
+
+  def check(ok: bool, key: str, allowed: str):
+    if not ok:
+      problems.append(f'{key}={given.get(key)!r} is invalid; allowed: {allowed}')
+
+  def choice(key: str, options):
+    check(given.get(key) in options, key, ', '.join(map(repr, options)))
+
+  def positive_int(key: str, minimum: int = 1):
+    value = given.get(key)
+    check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, key,
+          f'an integer >= {minimum}')
+
+  def int_tuple(key: str):
+    value = given.get(key)
+    check(isinstance(value, (tuple, list)) and len(value) > 0 and
+          all(isinstance(v, int) and v >= 1 for v in value), key,
+          'a non-empty tuple of positive integers')
+
+  m, o, d, opt, t = (config.model, config.objective, config.data, config.optimizer,
+                     config.train)
+  choice('model.name', MODELS)
+  choice('model.conv_transpose_impl', CONV_TRANSPOSE_IMPLS)
+  choice('model.dtype', DTYPES)
+  for key in ('model.latent_dim', 'model.input_size', 'model.channels',
+              'model.encoder_out_features', 'model.decoder_base_features'):
+    positive_int(key)
+  for key in ('model.encoder_features', 'model.decoder_hidden', 'model.decoder_features'):
+    int_tuple(key)
+  if isinstance(m.input_size, int) and m.input_size >= 1:
+    for key, n_stride2 in (('model.encoder_features', len(m.encoder_features)),
+                           ('model.decoder_features', len(m.decoder_features) + 1)):
+      check(m.input_size % (2 ** n_stride2) == 0, 'model.input_size',
+            f'a multiple of 2**{n_stride2} (the {n_stride2} stride-2 layers of {key})')
+
+  choice('objective.name', OBJECTIVES_FOR_MODEL.get(m.name, ()))
+  choice('objective.likelihood', LIKELIHOODS)
+  check(isinstance(o.kl_weight, float) and o.kl_weight >= 0, 'objective.kl_weight', 'a float >= 0')
+  check(isinstance(o.beta, float) and o.beta >= 0, 'objective.beta', 'a float >= 0')
+  check(isinstance(o.likelihood_scale, float) and o.likelihood_scale > 0,
+        'objective.likelihood_scale', 'a float > 0')
+
+  check(isinstance(d.name, str) and bool(d.name), 'data.name', 'a tfds dataset name')
+  for key in ('data.train_split', 'data.eval_split', 'data.image_key'):
+    check(isinstance(given.get(key), str) and bool(given.get(key)), key, 'a non-empty string')
+
+  choice('optimizer.name', OPTIMIZERS)
+  choice('optimizer.schedule', SCHEDULES)
+  check(isinstance(opt.learning_rate, float) and opt.learning_rate > 0,
+        'optimizer.learning_rate', 'a float > 0')
+  positive_int('optimizer.warmup_steps', minimum=0)
+  for key in ('optimizer.end_learning_rate_factor', 'optimizer.b1', 'optimizer.b2',
+              'optimizer.momentum'):
+    check(isinstance(given.get(key), float) and 0 <= given.get(key) <= 1, key, 'a float in [0, 1]')
+  for key in ('optimizer.weight_decay', 'optimizer.grad_clip_norm'):
+    check(isinstance(given.get(key), float) and given.get(key) >= 0, key, 'a float >= 0')
+
+  for key in ('train.batch_size', 'train.eval_batch_size', 'train.log_every_steps',
+              'train.keep_checkpoints', 'train.num_pictures'):
+    positive_int(key)
+  for key in ('train.num_epochs', 'train.num_steps', 'train.eval_every_steps',
+              'train.checkpoint_every_steps'):
+    positive_int(key, minimum=0)
+  check(t.num_epochs > 0 or t.num_steps > 0, 'train.num_epochs',
+        'at least one of train.num_epochs and train.num_steps > 0')
+  if problems:
+    raise ConfigError('invalid config:\n  ' + '\n  '.join(problems))
+  return config
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """A config saved by `to_json`, back on top of the current defaults (lists -> tuples)."""
+  def tuples(value):
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    return tuple(value) if isinstance(value, list) else value
+  config = base_config()
+  with config.unlocked():
+    config.update(tuples(json.loads(text)))
+  return config
+
+
+def differences(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """{key: (a value, b value)} for the flattened keys where the two configs differ."""
+  fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
+  return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}

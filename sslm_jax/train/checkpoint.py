@@ -1,0 +1,85 @@
+"""Orbax checkpoints of the train state: keep the newest N, resume from the newest intact one.
+
+Orbax writes each step into a temporary folder and renames it when complete, so a process killed
+mid-save leaves the previous steps as they were (the leftover `*.orbax-checkpoint-tmp*` folder
+is ignored, then cleaned by the next save of that step). A finished checkpoint that later fails
+to restore (truncated or corrupted files) is moved, not deleted, to `<workdir>/quarantine/` and
+the next newest is tried; the move keeps a later save of the same step number possible.
+"""
+
+import logging
+import os
+import shutil
+import time
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint where one was required; the message says what was tried."""
+
+
+def abstract_like(tree):
+  """Shapes, dtypes and shardings of `tree`, the target Orbax restores into."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpointer:
+  """The checkpoints of one run folder."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.quarantine_dir = os.path.abspath(os.path.join(workdir, 'quarantine'))
+    self._options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+        enable_async_checkpointing=async_save,
+        read_only=read_only,
+        create=not read_only)
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state) -> None:
+    """Starts saving `state` as `step` (asynchronously when enabled). The device-to-host copy
+    is done before this returns, so the caller may donate `state` to the next step."""
+    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+  def restore(self, step: int, target):
+    """The checkpoint of `step`, laid out like `target` (arrays or ShapeDtypeStructs)."""
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+
+  def restore_latest(self, target):
+    """(state, step) from the newest checkpoint that restores, or (None, None) if there is none.
+
+    A checkpoint that fails is reported and moved to the quarantine folder, never deleted.
+    """
+    for step in reversed(self.steps()):
+      try:
+        return self.restore(step, target), step
+      except Exception as e:  # noqa: BLE001  Orbax/TensorStore raise many kinds on bad files
+        moved_to = self._quarantine(step)
+        log.warning('checkpoint %d in %s is unreadable (%s: %s); moved to %s, trying the '
+                    'previous one', step, self.directory, type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else '', moved_to)
+    return None, None
+
+  def _quarantine(self, step: int) -> str:
+    self._manager.wait_until_finished()
+    os.makedirs(self.quarantine_dir, exist_ok=True)
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(self.quarantine_dir, f'{step}-{int(time.time())}')
+    shutil.move(source, target)
+    self._manager.reload()
+    return target
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,208 @@
+"""The training loop: iterate, log, evaluate, draw, checkpoint, resume.
+
+`train_and_evaluate(config, workdir)` is the whole job. Rerunning it on the same workdir resumes
+from the newest intact checkpoint and, on the same machine, reproduces the parameters of an
+uninterrupted run bit for bit: batches are a function of (seed, step), randomness is the base key
+folded with the step, and nothing else carries state between steps.
+"""
+
+import dataclasses
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from sslm_jax import config as config_lib
+from sslm_jax.data import images as image_data
+from sslm_jax.eval import autoencoder as ae_eval
+from sslm_jax.eval import pictures
+from sslm_jax.models import build_model
+from sslm_jax.objectives import bind_loss
+from sslm_jax.train import checkpoint as ckpt_lib
+from sslm_jax.train import optim, step as step_lib, writers
+from sslm_jax.train.state import TrainState, create_train_state
+
+log = logging.getLogger(__name__)
+
+
+class WorkdirError(ValueError):
+  """The workdir holds something this run must not write over."""
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or Inf loss; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Run:
+  """What a job needs besides the config: built once by `setup`, shared by train/eval/sample."""
+  config: object
+  workdir: str
+  model: object
+  train_split: image_data.ImageSplit | None
+  eval_split: image_data.ImageSplit
+  steps_per_epoch: int
+  total_steps: int
+  tx: object
+  init_state: TrainState
+
+
+def check_workdir(config, workdir: str) -> None:
+  """Refuses a workdir whose saved run has a different model; records the config otherwise."""
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        saved = config_lib.from_json(f.read())
+      except ValueError as e:
+        raise WorkdirError(f'{path} is not a readable run config ({e}); use another workdir')
+    changed = {k: v for k, v in config_lib.differences(saved, config).items()
+               if k.startswith('model.')}
+    if changed:
+      lines = ', '.join(f'{k}: saved {a!r} vs asked {b!r}' for k, (a, b) in changed.items())
+      raise WorkdirError(f'workdir {workdir!r} holds a run of a different model ({lines}); '
+                         f'allowed: the same model config, or a new workdir')
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(path + '.tmp', 'w') as f:
+      f.write(config_lib.to_json(config))
+    os.replace(path + '.tmp', path)
+
+
+def setup(config, workdir: str, *, need_train: bool = True) -> Run:
+  """Loads data, builds model, optimizer and the initial state; validates everything first."""
+  config_lib.validate(config)
+  d, m = config.data, config.model
+  load = lambda split: image_data.load_split(d.name, split, data_dir=d.data_dir,  # noqa: E731
+                                             manual_dir=d.manual_dir, image_key=d.image_key)
+  eval_split = load(d.eval_split)
+  image_data.check_compatible(eval_split, m.channels, f'{d.name}:{d.eval_split}')
+  train_split, per_epoch, total = None, 0, 0
+  if need_train:
+    train_split = load(d.train_split)
+    image_data.check_compatible(train_split, m.channels, f'{d.name}:{d.train_split}')
+    per_epoch = image_data.steps_per_epoch(len(train_split), config.train.batch_size)
+    total = config.train.num_steps or config.train.num_epochs * per_epoch
+  model = build_model(m)
+  tx = optim.make_optimizer(config.optimizer, max(total, 1))
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  dummy = jnp.zeros((1, m.input_size, m.input_size, m.channels), jnp.float32)
+  params = jax.jit(model.init)(init_rng, dummy, init_rng)['params']
+  state = create_train_state(params, tx, train_rng)
+  return Run(config, workdir, model, train_split, eval_split, per_epoch, total, tx, state)
+
+
+def restore_or_init(run: Run, checkpointer: ckpt_lib.Checkpointer) -> TrainState:
+  state, step = checkpointer.restore_latest(run.init_state)
+  if state is None:
+    return run.init_state
+  log.info('resuming from checkpoint %d in %s', step, checkpointer.directory)
+  return state
+
+
+def evaluate_and_draw(run: Run, params, step: int, writer: writers.MetricWriter) -> dict:
+  """Test-split metrics (written) and the two pictures of the run folder."""
+  c = run.config
+  eval_rng = jax.random.fold_in(jax.random.PRNGKey(c.seed), 1_000_003)  # fixed across evals
+  metrics = ae_eval.evaluate(params, run.eval_split, model=run.model, objective_config=c.objective,
+                             input_size=c.model.input_size, batch_size=c.train.eval_batch_size,
+                             rng=eval_rng)
+  writer.write(step, 'eval', metrics)
+  if jax.process_index() == 0:
+    n = min(c.train.num_pictures, len(run.eval_split))
+    originals, recon = ae_eval.reconstruct(params, run.eval_split.images[:n], model=run.model,
+                                           input_size=c.model.input_size)
+    pictures.save_reconstructions(os.path.join(run.workdir, 'reconstructions.png'), originals,
+                                  recon)
+    pictures.save_samples(os.path.join(run.workdir, 'samples.png'),
+                          ae_eval.sample(params, n, eval_rng, model=run.model))
+  return metrics
+
+
+def _check_finite(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+  """Fetches the metrics of the steps since the last check; raises on a non-finite loss."""
+  fetched = jax.device_get(pending)
+  for step, metrics in fetched:
+    if not np.isfinite(metrics['loss']):
+      raise NonFiniteLossError(
+          f'loss is {metrics["loss"]} at step {step}; training stopped and nothing was saved '
+          f'after the last good checkpoint. Try a lower optimizer.learning_rate or '
+          f'optimizer.grad_clip_norm > 0.')
+  return fetched
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming if the workdir has checkpoints), evaluates, writes summary.json."""
+  started = time.time()
+  config_lib.validate(config)
+  check_workdir(config, workdir)
+  run = setup(config, workdir)
+  c = config.train
+  every_epoch = run.steps_per_epoch
+  eval_every = c.eval_every_steps or every_epoch
+  ckpt_every = c.checkpoint_every_steps or every_epoch
+
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=c.keep_checkpoints,
+                                       async_save=c.async_checkpoints)
+  state = restore_or_init(run, checkpointer)
+  start_step = int(state.step)
+  writer_enabled = jax.process_index() == 0
+  if writer_enabled:
+    writers.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), start_step)
+  writer = writers.MetricWriter(workdir, enabled=writer_enabled)
+
+  train_step = step_lib.jit_train_step(bind_loss(run.model, config.objective), run.tx)
+  prepare = jax.jit(lambda b: {'image': image_data.to_model_input(b['image'],
+                                                                  config.model.input_size)})
+  batches = image_data.train_batches(run.train_split, batch_size=c.batch_size, seed=config.seed,
+                                     start_step=start_step)
+  bar = tqdm.tqdm(total=run.total_steps, initial=start_step, unit='step', dynamic_ncols=True,
+                  disable=not (c.progress_bar and writer_enabled))
+  pending, eval_metrics = [], None
+  window_start, window_steps = time.time(), 0
+  try:
+    for step in range(start_step, run.total_steps):
+      state, metrics = train_step(state, prepare(next(batches)))
+      pending.append((step + 1, metrics))
+      window_steps += 1
+      bar.update(1)
+      done = step + 1
+      is_last = done == run.total_steps
+      if done % c.log_every_steps == 0 or is_last:
+        fetched = _check_finite(pending)
+        pending = []
+        rate = window_steps / max(time.time() - window_start, 1e-9)
+        window_start, window_steps = time.time(), 0
+        means = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+        means['steps_per_second'] = rate
+        means['epoch'] = done / every_epoch
+        writer.write(done, 'train', means)
+        bar.set_postfix(loss=f'{means["loss"]:.4f}', steps_per_s=f'{rate:.2f}')
+      if done % ckpt_every == 0 or is_last:
+        _check_finite(pending)  # never save a state that a non-finite loss has touched
+        pending = []
+        checkpointer.save(done, state)
+      if done % eval_every == 0 or is_last:
+        eval_metrics = evaluate_and_draw(run, state.params, done, writer)
+        bar.write(f'step {done}: ' + ', '.join(f'test_{k}={v:.5g}'
+                                               for k, v in eval_metrics.items()))
+    if eval_metrics is None:  # nothing left to train: the run was already complete
+      eval_metrics = evaluate_and_draw(run, state.params, int(state.step), writer)
+  finally:
+    bar.close()
+    checkpointer.close()
+    writer.close()
+  summary = {f'test_{k}': v for k, v in eval_metrics.items()}
+  summary.update(steps=int(state.step), epochs=int(state.step) / every_epoch,
+                 resumed_from_step=start_step, wall_seconds=time.time() - started,
+                 train_examples=len(run.train_split), test_examples=len(run.eval_split),
+                 dataset=config.data.name, model=config.model.name,
+                 objective=config.objective.name,
+                 parameters=int(sum(x.size for x in jax.tree.leaves(state.params))))
+  if writer_enabled:
+    writers.write_json(os.path.join(workdir, 'summary.json'), summary)
+  return summary

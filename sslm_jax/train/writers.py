@@ -1,0 +1,73 @@
+"""Metrics to `metrics.jsonl` (one JSON object a line) and to TensorBoard event files.
+
+Named `writers` rather than `logging` so that it never shadows the standard library module.
+On resume, records past the restored step are dropped, so the file tells one consistent history.
+"""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+from tensorboardX import SummaryWriter
+
+
+def _plain(value):
+  value = np.asarray(value)
+  return value.item() if value.ndim == 0 else value.tolist()
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+  """Keeps the records with step <= last_step (atomically: a crash leaves old or new file)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    kept = []
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut short by a kill
+      if record.get('step', 0) <= last_step:
+        kept.append(json.dumps(record) + '\n')
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
+  with os.fdopen(fd, 'w') as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+class MetricWriter:
+  """Writes scalars for a step to JSONL and TensorBoard; `enabled=False` writes nothing (for
+  every process but the first in a multi-process run)."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._jsonl = open(self.path, 'a') if enabled else None
+    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard')) if enabled else None
+
+  def write(self, step: int, split: str, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    record = {'step': int(step), 'split': split, **{k: _plain(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    for key, value in record.items():
+      if key not in ('step', 'split') and isinstance(value, (int, float)):
+        self._tb.add_scalar(f'{split}/{key}', value, int(step))
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def write_json(path: str, data: dict) -> None:
+  """Atomic JSON write (temp file + rename)."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
+  with os.fdopen(fd, 'w') as f:
+    json.dump(data, f, indent=2, sort_keys=True, default=_plain)
+    f.write('\n')
+  os.chmod(tmp, 0o644)  # mkstemp makes 0600; a results file is for everyone to read
+  os.replace(tmp, path)
