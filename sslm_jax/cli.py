@@ -26,14 +26,14 @@ def _load_config(argv: list[str]):
   from ml_collections import config_flags
   from sslm_jax import config as config_lib
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
-                                  flag_values=flag_values, lock_config=True,
-                                  sys_argv=['sslm-jax'] + argv)
-  flags.DEFINE_string('workdir', None, 'Run folder.', flag_values=flag_values)
-  try:
+  try:  # absl, OS, attribute and type errors: each becomes one config error message
+    config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
+                                    flag_values=flag_values, lock_config=True,
+                                    sys_argv=['sslm-jax'] + argv)
+    flags.DEFINE_string('workdir', None, 'Run folder.', flag_values=flag_values)
     flag_values(['sslm-jax'] + argv)
     config = flag_values.config
-  except Exception as e:  # noqa: BLE001  absl, OS, attribute and type errors, one message each
+  except Exception as e:  # noqa: BLE001
     raise config_lib.ConfigError(f'{type(e).__name__}: {e}') from e
   if config is None or flag_values.workdir is None:
     raise config_lib.ConfigError('train needs --config FILE and --workdir DIR')

@@ -62,6 +62,13 @@ class Checkpointer:
       try:
         return self.restore(step, target), step
       except Exception as e:  # noqa: BLE001  Orbax/TensorStore raise many kinds on bad files
+        if 'tree structures do not match' in str(e):
+          # Intact, but saved by another configuration (e.g. another optimizer): a user error,
+          # not damage; leave every checkpoint where it is.
+          raise CheckpointError(
+              f'checkpoint {step} in {self.directory} holds a state of another structure than '
+              f'this config builds (was the model or optimizer config changed?); allowed: the '
+              f'config the run was started with, or a new workdir') from e
         moved_to = self._quarantine(step)
         log.warning('checkpoint %d in %s is unreadable (%s: %s); moved to %s, trying the '
                     'previous one', step, self.directory, type(e).__name__,

@@ -52,7 +52,7 @@ class Run:
 
 
 def check_workdir(config, workdir: str) -> None:
-  """Refuses a workdir whose saved run has a different model; records the config otherwise."""
+  """Refuses a workdir whose saved run has a different model."""
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
     with open(path) as f:
@@ -66,8 +66,12 @@ def check_workdir(config, workdir: str) -> None:
       lines = ', '.join(f'{k}: saved {a!r} vs asked {b!r}' for k, (a, b) in changed.items())
       raise WorkdirError(f'workdir {workdir!r} holds a run of a different model ({lines}); '
                          f'allowed: the same model config, or a new workdir')
-  os.makedirs(workdir, exist_ok=True)
+
+
+def record_config(config, workdir: str) -> None:
+  """config.json of the run, written once the run is known to start (atomically)."""
   if jax.process_index() == 0:
+    path = os.path.join(workdir, 'config.json')
     with open(path + '.tmp', 'w') as f:
       f.write(config_lib.to_json(config))
     os.replace(path + '.tmp', path)
@@ -141,6 +145,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_lib.validate(config)
   check_workdir(config, workdir)
   run = setup(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
   c = config.train
   every_epoch = run.steps_per_epoch
   eval_every = c.eval_every_steps or every_epoch
@@ -149,6 +154,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=c.keep_checkpoints,
                                        async_save=c.async_checkpoints)
   state = restore_or_init(run, checkpointer)
+  record_config(config, workdir)
   start_step = int(state.step)
   writer_enabled = jax.process_index() == 0
   if writer_enabled:

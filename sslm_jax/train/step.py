@@ -23,7 +23,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
     (loss, metrics), grads = grad_fn(state.params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
   return train_step
 

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny configs and a small IDX dataset made in the test (never the network)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from sslm_jax.config import base_config
+from sslm_jax.data.idx import write_idx
+
+# Keep JAX on a predictable small footprint in every test process.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+
+TINY_MODEL = {
+    'model.encoder_features': (8, 16, 16),
+    'model.encoder_out_features': 16,
+    'model.decoder_hidden': (16,),
+    'model.decoder_base_features': 8,
+    'model.decoder_features': (8, 8),
+    'model.latent_dim': 4,
+}
+
+
+def tiny_overrides(**extra) -> list[str]:
+  """`--config.key=value` flags for a tiny, fast model and schedule."""
+  values = {**TINY_MODEL, 'train.batch_size': 16, 'train.eval_batch_size': 64,
+            'train.log_every_steps': 5, 'train.num_pictures': 8, 'train.progress_bar': False,
+            **extra}
+  return [f'--config.{k}={v}' for k, v in values.items()]
+
+
+def tiny_config(**extra):
+  config = base_config()
+  for key, value in {**TINY_MODEL, 'train.batch_size': 16, 'train.eval_batch_size': 64,
+                     'train.log_every_steps': 5, 'train.num_pictures': 8,
+                     'train.progress_bar': False, **extra}.items():
+    section, name = key.split('.')
+    setattr(config[section], name, value)
+  return config
+
+
+def make_idx_dir(folder, num_train=256, num_test=100, seed=0, gz=True):
+  """Four IDX files of 28x28 images with a learnable structure (class-dependent blobs)."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(folder, exist_ok=True)
+  suffix = '.gz' if gz else ''
+  for prefix, n in (('train', num_train), ('t10k', num_test)):
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    yy, xx = np.mgrid[:28, :28]
+    centers = np.stack([6 + 2 * labels, 20 - labels], axis=1)[:, :, None, None]
+    blob = np.exp(-((yy - centers[:, 0]) ** 2 + (xx - centers[:, 1]) ** 2) / 20.0)
+    images = np.clip(blob * 255 + rng.normal(0, 8, blob.shape), 0, 255).astype(np.uint8)
+    write_idx(os.path.join(folder, f'{prefix}-images-idx3-ubyte{suffix}'), images)
+    write_idx(os.path.join(folder, f'{prefix}-labels-idx1-ubyte{suffix}'), labels)
+  return folder
+
+
+@pytest.fixture(scope='session')
+def idx_dataset(tmp_path_factory):
+  """(data_dir, manual_dir) of a prepared `idx_images/mnist` built from generated IDX files."""
+  from sslm_jax.data import images
+  root = tmp_path_factory.mktemp('idx')
+  manual = make_idx_dir(root / 'manual')
+  data_dir = str(root / 'tfds')
+  images.prepare('idx_images/mnist', data_dir, str(manual))
+  return data_dir, str(manual)
