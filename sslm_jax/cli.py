@@ -33,6 +33,8 @@ def _load_config(argv: list[str]):
     flags.DEFINE_string('workdir', None, 'Run folder.', flag_values=flag_values)
     flag_values(['sslm-jax'] + argv)
     config = flag_values.config
+    if config is not None:
+      config.to_dict()  # a config file that failed to load raises on first access
   except Exception as e:  # noqa: BLE001
     raise config_lib.ConfigError(f'{type(e).__name__}: {e}') from e
   if config is None or flag_values.workdir is None:
