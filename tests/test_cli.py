@@ -57,6 +57,11 @@ def test_train_eval_sample_resume(trained, tmp_path, capsys):
   with open(trained / 'metrics.jsonl') as f:
     steps = [r['step'] for r in map(json.loads, f) if r['split'] == 'train']
   assert steps == sorted(set(steps)) and steps[-1] == 30
+  # a finished run rerun: nothing to do, nothing rewritten
+  before = snapshot(trained)
+  with tfds.testing.mock_data(num_examples=128):
+    assert train(trained, '--config.train.num_steps=30') == 0
+  assert snapshot(trained) == before
 
 
 def test_ae_config_trains(tmp_path):

@@ -7,6 +7,7 @@ folded with the step, and nothing else carries state between steps.
 """
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -156,6 +157,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state = restore_or_init(run, checkpointer)
   record_config(config, workdir)
   start_step = int(state.step)
+  summary_path = os.path.join(workdir, 'summary.json')
+  if start_step >= run.total_steps and os.path.exists(summary_path):
+    checkpointer.close()
+    log.info('the run in %s is complete (step %d); nothing to do', workdir, start_step)
+    with open(summary_path) as f:
+      return json.load(f)
   writer_enabled = jax.process_index() == 0
   if writer_enabled:
     writers.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), start_step)
@@ -196,7 +203,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         eval_metrics = evaluate_and_draw(run, state.params, done, writer)
         bar.write(f'step {done}: ' + ', '.join(f'test_{k}={v:.5g}'
                                                for k, v in eval_metrics.items()))
-    if eval_metrics is None:  # nothing left to train: the run was already complete
+    if eval_metrics is None:  # complete, but killed before its summary was written
       eval_metrics = evaluate_and_draw(run, state.params, int(state.step), writer)
   finally:
     bar.close()
@@ -210,5 +217,5 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  objective=config.objective.name,
                  parameters=int(sum(x.size for x in jax.tree.leaves(state.params))))
   if writer_enabled:
-    writers.write_json(os.path.join(workdir, 'summary.json'), summary)
+    writers.write_json(summary_path, summary)
   return summary

@@ -1,0 +1,1 @@
+"""Data through tfds: image datasets, local-file builders (and, later, text)."""

@@ -1,0 +1,3 @@
+"""tfds builders for local files. Importing this package registers them with tfds."""
+
+from sslm_jax.data.builders.idx_images import IdxImages  # noqa: F401
