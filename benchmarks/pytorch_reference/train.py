@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
     opt.zero_grad()
     loss.backward()
     opt.step()
-    losses.append(float(loss))
+    losses.append(loss.item())
     done = step + 1
     if done % per_epoch == 0 or done == total:
       metrics = evaluate(model, test_split, prepare, args.eval_batch_size, args.kl_weight,

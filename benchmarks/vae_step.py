@@ -1,0 +1,282 @@
+r"""Times one full train step of the seed VAE: JAX (sslm_jax's jitted step) against PyTorch.
+
+A train step is forward, backward and the Adam update, at the seed's settings (Adam 1e-3, seed
+objective), on the same weights (the JAX init, converted). Everything runs in one process and
+interleaved: after warm-up and compilation, each repeat runs --steps steps of JAX, then of PyTorch
+eager, then of torch.compile, so load from other processes on the machine falls on all of them
+alike. Every step is timed on its own, synchronised (JAX: block_until_ready).
+
+  python -m benchmarks.vae_step                          # batch 64 and 256, writes results/
+  python -m benchmarks.vae_step --batch_sizes=64 --steps=3 --repeats=2 --no_compile
+
+Memory columns: `*_rss_growth_mb` is the growth of the process's resident set over that
+framework's setup, compilation and warm-up (process-wide, so it includes compiled code and
+allocator caches, and depends on what ran before); `jax_step_buffers_mb` is XLA's own figure for
+the compiled step (arguments + outputs + temporaries - donated aliases). FLOPs are XLA's count for
+the compiled JAX step; the 'subpixel' transposed convolution counts its zero taps too.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from benchmarks.pytorch_reference.model import VAE as TorchVAE, seed_loss
+from sslm_jax.config import base_config
+from sslm_jax.interop import flax_to_torch_state_dict
+from sslm_jax.models import build_model
+from sslm_jax.objectives import bind_loss
+from sslm_jax.train import optim
+from sslm_jax.train.state import create_train_state
+from sslm_jax.train.step import jit_train_step
+
+WARMUP_STEPS = 2
+TORCH_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--batch_sizes', default='64,256', help='comma-separated')
+  p.add_argument('--steps', type=int, default=4, help='timed steps per framework per repeat')
+  p.add_argument('--repeats', type=int, default=4, help='interleaved rounds')
+  p.add_argument('--out_dir', default=os.path.join(os.path.dirname(__file__), 'results'))
+  p.add_argument('--no_compile', action='store_true', help='skip the torch.compile column')
+  p.add_argument('--torch_threads', type=int, default=0,
+                 help="torch.set_num_threads; 0 keeps torch's default (one per core)")
+  return p.parse_args(argv)
+
+
+def rss_mb() -> float:
+  """Current resident set size of this process (Linux /proc; else the peak from getrusage)."""
+  try:
+    with open('/proc/self/statm') as f:
+      return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+  except OSError:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(step_fn, n: int) -> list[float]:
+  """Seconds of each of `n` calls; `step_fn` must return only once the step is complete."""
+  times = []
+  for _ in range(n):
+    start = time.perf_counter()
+    step_fn()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+class JaxRunner:
+  """sslm_jax's own train step: bind_loss + make_optimizer + jit_train_step (state donated)."""
+
+  def __init__(self, images: np.ndarray, params):
+    config = base_config()
+    model = build_model(config.model)
+    tx = optim.make_optimizer(config.optimizer, total_steps=1000)
+    self.state = create_train_state(params, tx, jax.random.PRNGKey(1))
+    self.batch = {'image': jnp.asarray(images)}
+    step = jit_train_step(bind_loss(model, config.objective), tx)
+    start = time.perf_counter()
+    self.step = compiled = step.lower(self.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.flops = float(cost['flops']) if cost and 'flops' in cost else None
+    mem = compiled.memory_analysis()
+    self.buffers_mb = None if mem is None else (
+        mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+        - mem.alias_size_in_bytes) / 2**20
+
+  def __call__(self):
+    self.state, metrics = self.step(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
+
+
+class TorchRunner:
+  """The PyTorch reference, eager or through torch.compile (forward + loss; Adam stays eager)."""
+
+  def __init__(self, images: np.ndarray, params, compile_model: bool):
+    self.model = TorchVAE()
+    self.model.load_state_dict({k: torch.from_numpy(v)
+                                for k, v in flax_to_torch_state_dict(params).items()})
+    self.model.to(TORCH_DEVICE)
+    self.x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(TORCH_DEVICE)
+    self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+
+    def loss_fn(x):
+      recon, mu, logvar = self.model(x)
+      return seed_loss(recon, x, mu, logvar, kl_weight=1e-4)
+    self.loss_fn = torch.compile(loss_fn, dynamic=False) if compile_model else loss_fn
+    self.compile_s = None
+    if compile_model:  # the first call compiles forward and backward
+      start = time.perf_counter()
+      self()
+      self.compile_s = time.perf_counter() - start
+
+  def __call__(self):
+    self.opt.zero_grad(set_to_none=True)
+    loss = self.loss_fn(self.x)
+    loss.backward()
+    self.opt.step()
+    if TORCH_DEVICE == 'cuda':
+      torch.cuda.synchronize()
+
+
+def summary(times: list[float] | None, batch_size: int) -> dict:
+  if not times:
+    return {'ms': None, 'ms_p10': None, 'ms_p90': None, 'examples_per_s': None}
+  ms = np.asarray(times) * 1e3
+  median = float(np.median(ms))
+  return {'ms': median, 'ms_p10': float(np.percentile(ms, 10)),
+          'ms_p90': float(np.percentile(ms, 90)), 'examples_per_s': batch_size / median * 1e3}
+
+
+def bench_batch(batch_size: int, args) -> dict:
+  rng = np.random.default_rng(batch_size)
+  images = rng.uniform(-1, 1, (batch_size, 32, 32, 1)).astype(np.float32)
+  model = build_model(base_config().model)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.asarray(images[:1]),
+                               jax.random.PRNGKey(0))['params']
+  params_np = jax.tree.map(np.array, params)  # copies: the JAX step donates its buffers
+
+  runners, rss_growth, errors = {}, {}, {}
+  makers = {'jax': lambda: JaxRunner(images, params),
+            'torch_eager': lambda: TorchRunner(images, params_np, compile_model=False)}
+  if not args.no_compile:
+    makers['torch_compile'] = lambda: TorchRunner(images, params_np, compile_model=True)
+  for name, make in makers.items():
+    before = rss_mb()
+    try:
+      runner = make()
+      timed(runner, WARMUP_STEPS)
+    except Exception as e:  # torch.compile needs a working C++ toolchain, among other things
+      errors[name] = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:300]
+      print(f'batch {batch_size}: {name} failed: {errors[name]}', file=sys.stderr)
+      continue
+    runners[name] = runner
+    rss_growth[name] = rss_mb() - before
+
+  times = {name: [] for name in runners}
+  for _ in range(args.repeats):
+    for name, runner in runners.items():
+      times[name] += timed(runner, args.steps)
+
+  jax_runner = runners['jax']
+  row = {'batch_size': batch_size}
+  for name in ('jax', 'torch_eager', 'torch_compile'):
+    for key, value in summary(times.get(name), batch_size).items():
+      row[f'{name}_{key}'] = value
+    row[f'{name}_rss_growth_mb'] = rss_growth.get(name)
+  jax_ms, eager_ms = row['jax_ms'], row['torch_eager_ms']
+  compile_ms = row['torch_compile_ms']
+  row['speedup_vs_torch_eager'] = eager_ms / jax_ms if eager_ms else None
+  row['speedup_vs_torch_compile'] = compile_ms / jax_ms if compile_ms else None
+  row['jax_step_gflop'] = jax_runner.flops / 1e9 if jax_runner.flops else None
+  row['jax_gflop_per_s'] = jax_runner.flops / jax_ms / 1e6 if jax_runner.flops else None
+  row['jax_step_buffers_mb'] = jax_runner.buffers_mb
+  row['jax_compile_s'] = jax_runner.compile_s
+  row['torch_compile_s'] = getattr(runners.get('torch_compile'), 'compile_s', None)
+  row['errors'] = errors or None
+  return row
+
+
+def metadata(args) -> dict:
+  import flax
+  import optax
+  return {
+      'command': ' '.join([os.path.basename(sys.executable), '-m', 'benchmarks.vae_step']
+                          + sys.argv[1:]),
+      'machine': {'platform': platform.platform(), 'processor': platform.processor(),
+                  'cpu_count': os.cpu_count(), 'python': platform.python_version()},
+      'versions': {'jax': jax.__version__, 'jaxlib': jax.lib.__version__,
+                   'flax': flax.__version__, 'optax': optax.__version__,
+                   'torch': torch.__version__, 'numpy': np.__version__},
+      'jax_backend': jax.default_backend(), 'jax_devices': [str(d) for d in jax.devices()],
+      'torch_device': TORCH_DEVICE, 'torch_threads': torch.get_num_threads(),
+      'settings': {'steps': args.steps, 'repeats': args.repeats, 'warmup_steps': WARMUP_STEPS,
+                   'conv_transpose_impl': base_config().model.conv_transpose_impl,
+                   'optimizer': 'adam 1e-3', 'objective': 'seed', 'data': 'uniform [-1, 1]'},
+      'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  }
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+  def fmt(value, spec='.1f'):
+    return '-' if value is None else format(value, spec)
+
+  def cell(row, name):
+    if row[f'{name}_ms'] is None:
+      return '-'
+    return (f'{fmt(row[f"{name}_ms"])} ({fmt(row[f"{name}_ms_p10"])}-'
+            f'{fmt(row[f"{name}_ms_p90"])})')
+
+  settings = meta['settings']
+  lines = [
+      '# Seed VAE train step: JAX vs PyTorch',
+      '',
+      f'`{meta["command"]}` on {meta["machine"]["platform"]}, {meta["machine"]["cpu_count"]} '
+      f'CPUs, JAX {meta["versions"]["jax"]} ({meta["jax_backend"]}), PyTorch '
+      f'{meta["versions"]["torch"]} ({meta["torch_device"]}, threads={meta["torch_threads"]}). '
+      f'Median step time in ms (p10-p90) over {settings["steps"] * settings["repeats"]} '
+      f'interleaved steps each; speedup = PyTorch median / JAX median. Load average (1 min) '
+      f'{meta["load_average_1min"]["start"]:.1f} at the start, '
+      f'{meta["load_average_1min"]["end"]:.1f} at the end.',
+      '',
+      '| batch | JAX ms | torch eager ms | torch.compile ms | speedup vs eager | '
+      'speedup vs compile | JAX ex/s | eager ex/s | JAX GFLOP/step | JAX GFLOP/s | '
+      'RSS growth MB (JAX / eager / compile) |',
+      '|---|---|---|---|---|---|---|---|---|---|---|',
+  ]
+  for r in rows:
+    lines.append(
+        f'| {r["batch_size"]} | {cell(r, "jax")} | {cell(r, "torch_eager")} | '
+        f'{cell(r, "torch_compile")} | {fmt(r["speedup_vs_torch_eager"], ".2f")} | '
+        f'{fmt(r["speedup_vs_torch_compile"], ".2f")} | {fmt(r["jax_examples_per_s"], ".0f")} | '
+        f'{fmt(r["torch_eager_examples_per_s"], ".0f")} | {fmt(r["jax_step_gflop"], ".2f")} | '
+        f'{fmt(r["jax_gflop_per_s"], ".1f")} | {fmt(r["jax_rss_growth_mb"], ".0f")} / '
+        f'{fmt(r["torch_eager_rss_growth_mb"], ".0f")} / '
+        f'{fmt(r["torch_compile_rss_growth_mb"], ".0f")} |')
+  load = meta['load_average_1min']
+  if max(load['start'], load['end']) > meta['machine']['cpu_count']:
+    lines += ['', f'Warning: the machine was oversubscribed (load average above its '
+              f'{meta["machine"]["cpu_count"]} CPUs). Multi-threaded PyTorch CPU kernels slow '
+              f'down badly then; compare with --torch_threads=1.']
+  errors = [f'- batch {r["batch_size"]}: {k}: {v}'
+            for r in rows for k, v in (r['errors'] or {}).items()]
+  if errors:
+    lines += ['', 'Failures (reported as `-`):', *errors]
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> list[dict]:
+  args = parse_args(argv)
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
+  load_before = os.getloadavg()
+  rows = []
+  for batch_size in (int(b) for b in args.batch_sizes.split(',')):
+    rows.append(bench_batch(batch_size, args))
+    print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith(('p10', 'p90'))}),
+          flush=True)
+  meta = metadata(args)
+  meta['load_average_1min'] = {'start': load_before[0], 'end': os.getloadavg()[0]}
+  rows = [{**row, 'meta': meta} for row in rows]
+  os.makedirs(args.out_dir, exist_ok=True)
+  with open(os.path.join(args.out_dir, 'vae_step.json'), 'w') as f:
+    json.dump(rows, f, indent=2)
+  table = markdown(rows, meta)
+  with open(os.path.join(args.out_dir, 'vae_step.md'), 'w') as f:
+    f.write(table)
+  print(table)
+  return rows
+
+
+if __name__ == '__main__':
+  main()
