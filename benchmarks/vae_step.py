@@ -13,7 +13,7 @@ Memory columns: `*_rss_growth_mb` is the growth of the process's resident set ov
 framework's setup, compilation and warm-up (process-wide, so it includes compiled code and
 allocator caches, and depends on what ran before); `jax_step_buffers_mb` is XLA's own figure for
 the compiled step (arguments + outputs + temporaries - donated aliases). FLOPs are XLA's count for
-the compiled JAX step; the 'subpixel' transposed convolution counts its zero taps too.
+the compiled JAX step; 
 """
 
 import argparse
@@ -29,6 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+# `python benchmarks/vae_step.py` (the documented command) puts benchmarks/ on the path, not the
+# repository root that holds the `benchmarks` package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.pytorch_reference.model import VAE as TorchVAE, seed_loss
 from sslm_jax.config import base_config
 from sslm_jax.interop import flax_to_torch_state_dict

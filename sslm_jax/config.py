@@ -15,7 +15,7 @@ OBJECTIVES_FOR_MODEL = {'vae': ('seed', 'elbo'), 'ae': ('mse',)}
 LIKELIHOODS = ('gaussian', 'bernoulli')
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'linear')
-CONV_TRANSPOSE_IMPLS = ('subpixel', 'xla')  # see sslm_jax/models/layers.py
+CONV_TRANSPOSE_IMPLS = ('col2im', 'xla')  # see sslm_jax/models/layers.py
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.decoder_hidden = (256, 128, 64)    # dense layers after z
   c.model.decoder_base_features = 64         # channels of the unflattened map
   c.model.decoder_features = (128, 64)       # stride-2 transposed convs before the last one
-  c.model.conv_transpose_impl = 'subpixel'
+  c.model.conv_transpose_impl = 'col2im'
   c.model.dtype = 'float32'
 
   c.objective = ml_collections.ConfigDict()

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslm_jax.models.layers import conv_transpose_2x, subpixel_kernel
+from sslm_jax.models.layers import conv_transpose_2x
 
 
 def torch_conv_transpose_reference(x, w):
@@ -18,7 +18,7 @@ def torch_conv_transpose_reference(x, w):
   return y[:, 1:2 * h + 1, 1:2 * wd + 1]
 
 
-@pytest.mark.parametrize('impl', ['xla', 'subpixel'])
+@pytest.mark.parametrize('impl', ['xla', 'col2im'])
 def test_conv_transpose_matches_definition(impl):
   rng = np.random.default_rng(0)
   x, w = rng.normal(size=(2, 4, 5, 3)), rng.normal(size=(4, 4, 3, 6))
@@ -32,17 +32,9 @@ def test_impls_have_same_gradients():
   w = jnp.asarray(rng.normal(size=(4, 4, 3, 5)), jnp.float32)
   target = jnp.asarray(rng.normal(size=(2, 8, 8, 5)), jnp.float32)
   grads = {impl: jax.grad(lambda x, w: jnp.sum((conv_transpose_2x(x, w, impl) - target) ** 2),
-                          argnums=(0, 1))(x, w) for impl in ('xla', 'subpixel')}
-  for a, b in zip(grads['xla'], grads['subpixel']):
+                          argnums=(0, 1))(x, w) for impl in ('xla', 'col2im')}
+  for a, b in zip(grads['xla'], grads['col2im']):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
-
-
-def test_subpixel_kernel_uses_every_tap_once():
-  w = jnp.arange(16.0).reshape(4, 4, 1, 1) + 1
-  k = np.asarray(subpixel_kernel(w))
-  assert k.shape == (3, 3, 1, 4)
-  nonzero = np.sort(k[k != 0])
-  np.testing.assert_array_equal(nonzero, np.arange(1, 17))
 
 
 def test_unknown_impl_is_rejected():

@@ -31,7 +31,7 @@ from sslm_jax.train.step import make_train_step  # noqa: E402
 
 RTOL = 1e-5
 BATCH = 8
-IMPLS = ('subpixel', 'xla')
+IMPLS = ('col2im', 'xla')
 # Small widths (as tests/conftest.py's TINY_MODEL): the reference takes the JAX model's fields.
 TINY = {'latent_dim': 4, 'encoder_features': (8, 16, 16), 'encoder_out_features': 16,
         'decoder_hidden': (16,), 'decoder_base_features': 8, 'decoder_features': (8, 8)}
@@ -94,7 +94,7 @@ def test_round_trips_are_exact(torch_setup):
   for k in state:
     np.testing.assert_array_equal(back[k], state[k], err_msg=k)
   # The converted tree is exactly the tree the Flax model initialises, shape for shape.
-  jmodel, _ = jax_model('subpixel')
+  jmodel, _ = jax_model('col2im')
   init = jmodel.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), jax.random.key(1))['params']
   assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, init)
   again = torch_state_dict_to_flax(flax_to_torch_state_dict(init))
@@ -114,7 +114,7 @@ def test_autoencoder_round_trip():
 
 
 @pytest.mark.parametrize('impl,widths', [(impl, 'seed') for impl in IMPLS]
-                         + [('subpixel', 'tiny')])
+                         + [('col2im', 'tiny')])
 def test_forward_loss_and_gradients_match(impl, widths):
   tag = f'[{impl}, {widths} widths]'
   widths = TINY if widths == 'tiny' else {}
@@ -182,7 +182,7 @@ def test_one_adam_step_of_the_library_train_step_matches(torch_setup, impl):
 
 
 def test_params_npz_round_trip(tmp_path):
-  jmodel, _ = jax_model('subpixel', **TINY)
+  jmodel, _ = jax_model('col2im', **TINY)
   params = jmodel.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), jax.random.key(1))['params']
   save_params_npz(params, str(tmp_path / 'params.npz'))
   loaded = load_params_npz(str(tmp_path / 'params.npz'))

@@ -59,7 +59,7 @@ class Decoder(nn.Module):
   hidden: Sequence[int] = (256, 128, 64)
   base_features: int = 64
   features: Sequence[int] = (128, 64)
-  conv_transpose_impl: str = 'subpixel'
+  conv_transpose_impl: str = 'col2im'
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -92,7 +92,7 @@ class _SeedCodec(nn.Module):
   decoder_hidden: Sequence[int] = (256, 128, 64)
   decoder_base_features: int = 64
   decoder_features: Sequence[int] = (128, 64)
-  conv_transpose_impl: str = 'subpixel'
+  conv_transpose_impl: str = 'col2im'
   dtype: jnp.dtype = jnp.float32
 
   def _build_encoder_decoder(self):
