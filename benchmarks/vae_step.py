@@ -13,7 +13,7 @@ Memory columns: `*_rss_growth_mb` is the growth of the process's resident set ov
 framework's setup, compilation and warm-up (process-wide, so it includes compiled code and
 allocator caches, and depends on what ran before); `jax_step_buffers_mb` is XLA's own figure for
 the compiled step (arguments + outputs + temporaries - donated aliases). FLOPs are XLA's count for
-the compiled JAX step; 
+the compiled JAX step (about 11 GFLOP at batch 64 for the seed model's useful work).
 """
 
 import argparse

@@ -4,7 +4,7 @@
   sslm-jax eval   --workdir runs/demo [--step N]
   sslm-jax sample --workdir runs/demo [--step N] [--num 64] [--seed 0] [--out FILE]
   sslm-jax data prepare --name idx_images/fashion_mnist --manual_dir DIR [--data_dir DIR]
-  sslm-jax data info    --name fashion_mnist [--data_dir DIR]
+  sslm-jax data info    --name idx_images/fashion_mnist [--data_dir DIR]   (a prepared dataset)
 
 Every error a user can cause exits non-zero with one message naming what is wrong and what is
 allowed; nothing in the workdir is written over.
@@ -42,33 +42,28 @@ def _load_config(argv: list[str]):
   return config_lib.validate(config), flag_values.workdir
 
 
-def _saved_config(workdir: str):
-  from sslm_jax import config as config_lib
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: --workdir must be the folder of a training run')
-  with open(path) as f:
-    return config_lib.from_json(f.read())
-
-
-def _restore_params(workdir: str, step: int | None):
+def _restore_params(workdir: str, step: int | None, *, need_eval: bool):
   """(run, params, step) of a checkpoint of the run in `workdir` (the newest by default)."""
   from sslm_jax.train import checkpoint as ckpt_lib
   from sslm_jax.train import loop
-  config = _saved_config(workdir)
-  run = loop.setup(config, workdir, need_train=False)
+  config = loop.saved_config(workdir)
+  if config is None:
+    raise FileNotFoundError(f'{os.path.join(workdir, "config.json")} not found: --workdir must '
+                            f'be the folder of a training run')
+  run = loop.setup(config, workdir, need_train=False, need_eval=need_eval)
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
-  steps = checkpointer.steps()
-  if not steps:
-    raise ckpt_lib.CheckpointError(f'no checkpoint in {checkpointer.directory}')
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise ckpt_lib.CheckpointError(f'--step {step} is not a checkpoint; allowed: {steps}')
   try:
-    state = checkpointer.restore(step, run.init_state)
-  except Exception as e:  # noqa: BLE001
-    raise ckpt_lib.CheckpointError(f'checkpoint {step} in {checkpointer.directory} is '
-                                   f'unreadable: {type(e).__name__}: {e}') from e
+    steps = checkpointer.steps()
+    if not steps:
+      raise ckpt_lib.CheckpointError(f'no checkpoint in {checkpointer.directory}')
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise ckpt_lib.CheckpointError(f'--step {step} is not a checkpoint; allowed: {steps}')
+    try:
+      state = checkpointer.restore(step, run.init_state)
+    except Exception as e:  # noqa: BLE001
+      raise ckpt_lib.CheckpointError(f'checkpoint {step} in {checkpointer.directory} is '
+                                     f'unreadable: {type(e).__name__}: {e}') from e
   finally:
     checkpointer.close()
   return run, state.params, step
@@ -83,15 +78,10 @@ def cmd_train(args, rest: list[str]) -> int:
 
 
 def cmd_eval(args, rest) -> int:
-  import jax
-  from sslm_jax.eval import autoencoder as ae_eval
-  run, params, step = _restore_params(args.workdir, args.step)
-  c = run.config
-  metrics = ae_eval.evaluate(params, run.eval_split, model=run.model,
-                             objective_config=c.objective, input_size=c.model.input_size,
-                             batch_size=c.train.eval_batch_size,
-                             rng=jax.random.fold_in(jax.random.PRNGKey(c.seed), 1_000_003))
-  result = {'step': step, 'split': c.data.eval_split, **metrics}
+  from sslm_jax.train import loop
+  run, params, step = _restore_params(args.workdir, args.step, need_eval=True)
+  result = {'step': step, 'split': run.config.data.eval_split,
+            **loop.evaluate_split(run, params)}
   print(json.dumps(result, indent=2, sort_keys=True))
   return 0
 
@@ -100,7 +90,7 @@ def cmd_sample(args, rest) -> int:
   import jax
   from sslm_jax.eval import autoencoder as ae_eval
   from sslm_jax.eval import pictures
-  run, params, step = _restore_params(args.workdir, args.step)
+  run, params, step = _restore_params(args.workdir, args.step, need_eval=False)
   out = args.out or os.path.join(args.workdir, f'samples_step{step}_seed{args.seed}.png')
   if os.path.exists(out) and not args.overwrite:
     raise FileExistsError(f'{out} exists; pass --overwrite or another --out')
@@ -115,18 +105,21 @@ def cmd_data(args, rest) -> int:
   if args.action == 'prepare':
     builder = image_data.prepare(args.name, args.data_dir, args.manual_dir)
     print(f'{args.name} prepared in {builder.data_dir}')
+  builder = image_data.prepared_builder(args.name, args.data_dir)
   splits = {}
-  for split in ('train', 'test'):
-    try:
-      s = image_data.load_split(args.name, split, data_dir=args.data_dir,
-                                manual_dir=args.manual_dir)
-    except image_data.DataError:
-      continue
+  for split in sorted(builder.info.splits.keys()):
+    s = image_data.load_split(args.name, split, data_dir=args.data_dir)
     splits[split] = {'examples': len(s), 'image_shape': list(s.images.shape[1:]),
                      'classes': s.num_classes, 'pixel_mean': float(s.images.mean()),
                      'pixel_std': float(s.images.std())}
   print(json.dumps({'name': args.name, 'splits': splits}, indent=2))
   return 0
+
+
+def _positive_int(text: str) -> int:
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f'{text!r}: allowed: an integer >= 1')
+  return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
     p.set_defaults(func=func)
     if name == 'sample':
-      p.add_argument('--num', type=int, default=64)
+      p.add_argument('--num', type=_positive_int, default=64)
       p.add_argument('--seed', type=int, default=0)
       p.add_argument('--out', default='')
       p.add_argument('--overwrite', action='store_true')

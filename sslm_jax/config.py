@@ -15,7 +15,7 @@ OBJECTIVES_FOR_MODEL = {'vae': ('seed', 'elbo'), 'ae': ('mse',)}
 LIKELIHOODS = ('gaussian', 'bernoulli')
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'linear')
-CONV_TRANSPOSE_IMPLS = ('col2im', 'xla')  # see sslm_jax/models/layers.py
+CONV_TRANSPOSE_IMPLS = ('col2im', 'xla')  # sslm_jax/models/layers.py implements them
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -125,6 +125,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
           all(isinstance(v, int) and v >= 1 for v in value), key,
           'a non-empty tuple of positive integers')
 
+  positive_int('seed', minimum=0)
   m, o, d, opt, t = (config.model, config.objective, config.data, config.optimizer,
                      config.train)
   choice('model.name', MODELS)

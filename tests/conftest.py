@@ -19,21 +19,18 @@ TINY_MODEL = {
     'model.decoder_features': (8, 8),
     'model.latent_dim': 4,
 }
+TINY_RUN = {**TINY_MODEL, 'train.batch_size': 16, 'train.eval_batch_size': 64,
+            'train.log_every_steps': 5, 'train.num_pictures': 8, 'train.progress_bar': False}
 
 
 def tiny_overrides(**extra) -> list[str]:
   """`--config.key=value` flags for a tiny, fast model and schedule."""
-  values = {**TINY_MODEL, 'train.batch_size': 16, 'train.eval_batch_size': 64,
-            'train.log_every_steps': 5, 'train.num_pictures': 8, 'train.progress_bar': False,
-            **extra}
-  return [f'--config.{k}={v}' for k, v in values.items()]
+  return [f'--config.{k}={v}' for k, v in {**TINY_RUN, **extra}.items()]
 
 
 def tiny_config(**extra):
   config = base_config()
-  for key, value in {**TINY_MODEL, 'train.batch_size': 16, 'train.eval_batch_size': 64,
-                     'train.log_every_steps': 5, 'train.num_pictures': 8,
-                     'train.progress_bar': False, **extra}.items():
+  for key, value in {**TINY_RUN, **extra}.items():
     section, name = key.split('.')
     setattr(config[section], name, value)
   return config

@@ -12,13 +12,14 @@ from sslm_jax import cli
 
 
 def snapshot(folder):
-  """{relative path: sha256} of every file under `folder`: proves nothing was written over."""
+  """{relative path: (sha256, mtime)} of every file under `folder`: nothing written over."""
   out = {}
   for root, _, files in os.walk(folder):
     for name in files:
       path = os.path.join(root, name)
       with open(path, 'rb') as f:
-        out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+        out[os.path.relpath(path, folder)] = (hashlib.sha256(f.read()).hexdigest(),
+                                              os.stat(path).st_mtime_ns)
   return out
 
 
@@ -74,13 +75,13 @@ def test_ae_config_trains(tmp_path):
     (['--config.train.batchsize=3'], 'batchsize'),                       # unknown key
     (['--config.train.batch_size=abc'], 'invalid literal'),              # wrong type
     (['--config.train.batch_size=0'], 'train.batch_size=0 is invalid'),  # value
-    (['--config.data.name=no_such_set'], "data.name='no_such_set' is not a tfds"),
-    (['--config.data.name=idx_images/mnist', '--config.data.manual_dir=/nonexistent'],
-     'does not exist'),
-    (['--config.model.latent_dim=7'], 'holds a run of a different model'),
-    (['--config.optimizer.name=sgd'], 'another structure'),
+    (['--config.seed=-1'], 'seed=-1 is invalid'),
+    (['--config.model.latent_dim=7'], 'holds a different model'),
+    (['--config.optimizer.name=sgd'], 'holds a run with different settings'),
+    (['--config.seed=5'], 'seed: saved 0 vs asked 5'),
 ])
-def test_bad_input_is_a_clear_error_and_writes_nothing(trained, capsys, args, message):
+def test_bad_input_on_an_existing_run_is_a_clear_error_and_writes_nothing(
+    trained, capsys, args, message):
   before = snapshot(trained)
   with tfds.testing.mock_data(num_examples=128):
     code = train(trained, '--config.train.num_steps=40', *args)
@@ -89,10 +90,17 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(trained, capsys, args, me
   assert snapshot(trained) == before
 
 
-def test_images_of_another_shape_are_refused(tmp_path, capsys):
+@pytest.mark.parametrize('args,message', [
+    (['--config.data.name=no_such_set'], "data.name='no_such_set' is not a tfds"),
+    (['--config.data.name=idx_images/nope'], "data.name='idx_images/nope' is not a tfds"),
+    (['--config.data.name=idx_images/mnist', '--config.data.manual_dir=/nonexistent'],
+     'does not exist'),
+    (['--config.model.channels=3'], 'model.channels=3'),                 # images' shape
+])
+def test_bad_data_is_a_clear_error_and_creates_nothing(tmp_path, capsys, args, message):
   with tfds.testing.mock_data(num_examples=16):
-    assert train(tmp_path / 'run', '--config.model.channels=3') == 2
-  assert 'model.channels=3' in capsys.readouterr().err
+    assert train(tmp_path / 'run', *args) == 2
+  assert message in capsys.readouterr().err
   assert not (tmp_path / 'run').exists()
 
 
@@ -120,3 +128,26 @@ def test_unreadable_checkpoint_is_a_clear_error_for_eval(tmp_path, capsys):
     assert cli.main(['eval', '--workdir', str(tmp_path), '--step', '20']) == 2
   assert 'unreadable' in capsys.readouterr().err
   assert snapshot(tmp_path) == before
+
+
+def test_sample_needs_no_data_and_checks_num(trained, tmp_path, capsys):
+  out = tmp_path / 'x.png'  # outside mock_data: the dataset is not there, and not needed
+  assert cli.main(['sample', '--workdir', str(trained), '--num', '3', '--out', str(out)]) == 0
+  assert out.exists()
+  with pytest.raises(SystemExit) as e:
+    cli.main(['sample', '--workdir', str(trained), '--num', '0'])
+  assert e.value.code == 2 and 'an integer >= 1' in capsys.readouterr().err
+
+
+def test_data_prepare_and_info(tmp_path, capsys):
+  from conftest import make_idx_dir
+  manual = make_idx_dir(tmp_path / 'm', num_train=30, num_test=12)
+  data_dir = str(tmp_path / 'tfds')
+  assert cli.main(['data', 'info', '--name', 'idx_images/mnist', '--data_dir', data_dir]) == 2
+  assert 'is not prepared' in capsys.readouterr().err
+  assert cli.main(['data', 'prepare', '--name', 'idx_images/mnist', '--manual_dir', str(manual),
+                   '--data_dir', data_dir]) == 0
+  out = capsys.readouterr().out
+  info = json.loads(out[out.index('{'):])
+  assert info['splits']['train']['examples'] == 30 and info['splits']['test']['examples'] == 12
+  assert cli.main(['data', 'info', '--name', 'no_such_set', '--data_dir', data_dir]) == 2

@@ -13,7 +13,7 @@ from sslm_jax.config import base_config
 from sslm_jax.models import build_model
 from sslm_jax.objectives import bind_loss
 from sslm_jax.train import loop, optim
-from sslm_jax.train.checkpoint import Checkpointer
+from sslm_jax.train.checkpoint import CheckpointError, Checkpointer
 from sslm_jax.train.state import create_train_state
 from sslm_jax.train.step import jit_train_step, make_train_step
 
@@ -89,8 +89,9 @@ def test_step_uses_a_different_key_each_step_and_is_pure():
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+  # Logs only at the end: the check before each save (every 5 steps) must catch the NaN alone.
   config = tiny_config(**{'train.num_steps': 60, 'train.checkpoint_every_steps': 5,
-                          'train.log_every_steps': 5})
+                          'train.log_every_steps': 1000, 'train.eval_every_steps': 1000})
   config.data.name = 'mnist'
   with tfds.testing.mock_data(num_examples=256):
     loop.train_and_evaluate(config, str(tmp_path))  # 60 good steps
@@ -105,3 +106,35 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
   for step in steps:  # whatever was saved is finite
     params = ckpt.restore(step, run_state).params
     assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree.leaves(params)), step
+
+
+def test_no_readable_checkpoint_is_an_error_and_moves_nothing(tmp_path):
+  config = tiny_config(**{'train.num_steps': 20, 'train.checkpoint_every_steps': 10})
+  config.data.name = 'mnist'
+  with tfds.testing.mock_data(num_examples=64):
+    loop.train_and_evaluate(config, str(tmp_path))
+    for root, _, files in os.walk(tmp_path / 'checkpoints'):
+      for name in files:
+        with open(os.path.join(root, name), 'wb') as f:
+          f.write(b'garbage')
+    config.train.num_steps = 30
+    with pytest.raises(CheckpointError, match='no checkpoint .* restores; nothing was moved'):
+      loop.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['10', '20']
+  assert not (tmp_path / 'quarantine').exists()
+
+
+def test_eval_means_do_not_depend_on_the_batch_size():
+  """100 examples in batches of 64 (a padded tail of 28) or of 100 give the same means."""
+  from sslm_jax.data.images import ImageSplit
+  from sslm_jax.eval.autoencoder import evaluate
+  config = tiny_config(**{'model.name': 'ae', 'objective.name': 'mse'})  # no noise
+  model = build_model(config.model)
+  images = np.random.default_rng(0).integers(0, 256, (100, 28, 28, 1)).astype(np.uint8)
+  split = ImageSplit(images, np.zeros(100, np.int64), 10)
+  params = loop.initial_params(model, config)
+  means = [evaluate(params, split, model=model, objective_config=config.objective,
+                    input_size=32, batch_size=b, rng=jax.random.PRNGKey(0)) for b in (64, 100, 7)]
+  for other in means[1:]:
+    for key in ('mse', 'objective'):
+      assert other[key] == pytest.approx(means[0][key], rel=1e-5)

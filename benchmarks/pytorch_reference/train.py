@@ -29,6 +29,7 @@ from sslm_jax.config import base_config
 from sslm_jax.data import images as image_data
 from sslm_jax.interop import flax_to_torch_state_dict, load_params_npz
 from sslm_jax.models import build_model
+from sslm_jax.train.loop import initial_params
 
 
 def parse_args(argv=None):
@@ -51,10 +52,10 @@ def parse_args(argv=None):
 
 
 def jax_initial_params(seed: int):
-  """The params `sslm_jax.train.loop.setup` initialises for `seed` and the seed model."""
-  model = build_model(base_config().model)
-  init_rng, _ = jax.random.split(jax.random.PRNGKey(seed))
-  return model.init(init_rng, jnp.zeros((1, 32, 32, 1), jnp.float32), init_rng)['params']
+  """The params an sslm_jax run of the seed model starts from for `seed`."""
+  config = base_config()
+  config.seed = seed
+  return initial_params(build_model(config.model), config)
 
 
 def to_torch(batch_uint8: np.ndarray, prepare) -> torch.Tensor:

@@ -36,18 +36,32 @@ class ImageSplit:
     return len(self.images)
 
 
+def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  try:
+    # array_record: the random-access format `as_data_source` reads without TensorFlow.
+    return tfds.builder(name, data_dir=data_dir or None, file_format='array_record')
+  except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
+    raise DataError(f'data.name={name!r} is not a tfds dataset. Allowed: any registered tfds '
+                    f'name (e.g. mnist, fashion_mnist) or idx_images/<config> (configs: '
+                    f'fashion_mnist, mnist) for local IDX files. tfds said: '
+                    f'{str(e).splitlines()[0]}') from e
+
+
+def prepared_builder(name: str, data_dir: str = '') -> tfds.core.DatasetBuilder:
+  """The builder of an already prepared dataset; DataError (nothing prepared) otherwise."""
+  builder = _builder(name, data_dir)
+  if not builder.is_prepared():
+    raise DataError(f'{name!r} is not prepared in {builder.data_dir}; run '
+                    f'`sslm-jax data prepare --name {name} ...` first')
+  return builder
+
+
 def prepare(name: str, data_dir: str = '', manual_dir: str = '') -> tfds.core.DatasetBuilder:
   """Downloads (stock datasets) or reads local files (manual dir) into a prepared tfds dataset."""
   if manual_dir and not os.path.isdir(manual_dir):
     raise DataError(f'data.manual_dir={manual_dir!r} does not exist or is not a folder; '
                     f'allowed: a folder holding the dataset\'s local files')
-  try:
-    # array_record: the random-access format `as_data_source` reads without TensorFlow.
-    builder = tfds.builder(name, data_dir=data_dir or None, file_format='array_record')
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise DataError(f'data.name={name!r} is not a tfds dataset. Allowed: any registered tfds '
-                    f'name (e.g. mnist, fashion_mnist) or idx_images/<config> for local IDX '
-                    f'files. tfds said: {str(e).splitlines()[0]}') from e
+  builder = _builder(name, data_dir)
   if not builder.is_prepared():
     if name.startswith('idx_images') and not manual_dir:
       raise DataError(f'{name} reads local IDX files: set data.manual_dir (Debian: '
@@ -56,8 +70,8 @@ def prepare(name: str, data_dir: str = '', manual_dir: str = '') -> tfds.core.Da
     config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
     try:
       builder.download_and_prepare(download_config=config)
-    except (FileNotFoundError, ValueError) as e:
-      raise DataError(f'cannot prepare {name!r}: {e}') from e
+    except (FileNotFoundError, ValueError, OSError) as e:
+      raise DataError(f'cannot prepare {name!r}: {type(e).__name__}: {e}') from e
   return builder
 
 

@@ -3,16 +3,18 @@
 `ConvTranspose2x` is PyTorch's `ConvTranspose2d(k=4, s=2, p=1)`: it doubles the spatial size.
 Its kernel is stored as (4, 4, in, out), which is PyTorch's (in, out, 4, 4) weight permuted, with
 no spatial flip, so checkpoints convert by a transpose alone. Two exact implementations share that
-one parameter (measured on a 2-core CPU, batch 64, forward + both gradients of the seed's three
-layers together; benchmarks/README.md):
+one parameter (forward + both gradients of the seed decoder's three layers at batch 64 on a
+2-core CPU, `python benchmarks/conv_transpose_impls.py`; this VM's timings vary by up to 2x from
+run to run, the ratio much less):
 
-- 'col2im' (default), 35 ms: one matmul (batch*h*w, in) @ (in, 16*out) gives every tap's
+- 'col2im' (default), 45-70 ms: one matmul (batch*h*w, in) @ (in, 16*out) gives every tap's
   contribution, then an overlap-add of the 16 taps places them (output row 2i - 1 + k). Forward
   and gradients are all well-shaped matmuls plus cheap pads and slices.
-- 'xla', 215 ms: `lax.conv_transpose`. Simple, but its gradient is slow on XLA:CPU.
+- 'xla', 215-250 ms: `lax.conv_transpose`. Simple, but its gradient is slow on XLA:CPU.
 
-(A third, a 3x3 convolution to 4x the channels plus depth-to-space, was exact too but wastes 20 of
-its 36 taps on zeros: 61-70 ms. It is not kept.)
+(A 3x3 convolution to 4x the channels plus depth-to-space, exact too but with 20 of its 36 taps on
+zeros, measured 61-70 ms beside col2im's 35-45 in the same runs; it is not kept. Space-to-depth or
+im2col forms of the encoder's stride-2 convolutions measured no faster than XLA's own.)
 """
 
 import flax.linen as nn
@@ -20,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-CONV_TRANSPOSE_IMPLS = ('col2im', 'xla')
+from sslm_jax.config import CONV_TRANSPOSE_IMPLS
 
 
 def _conv_transpose_col2im(x: jax.Array, kernel: jax.Array) -> jax.Array:

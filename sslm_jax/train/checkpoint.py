@@ -54,13 +54,16 @@ class Checkpointer:
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
 
   def restore_latest(self, target):
-    """(state, step) from the newest checkpoint that restores, or (None, None) if there is none.
+    """(state, step) from the newest checkpoint that restores, or (None, None) if there are none.
 
-    A checkpoint that fails is reported and moved to the quarantine folder, never deleted.
+    Newer checkpoints that fail to restore are reported and moved to the quarantine folder once
+    an older one has restored (never deleted). If none restores, nothing is moved and
+    CheckpointError says why: starting over would silently throw the run away.
     """
+    failures = []
     for step in reversed(self.steps()):
       try:
-        return self.restore(step, target), step
+        state = self.restore(step, target)
       except Exception as e:  # noqa: BLE001  Orbax/TensorStore raise many kinds on bad files
         if 'tree structures do not match' in str(e):
           # Intact, but saved by another configuration (e.g. another optimizer): a user error,
@@ -69,10 +72,17 @@ class Checkpointer:
               f'checkpoint {step} in {self.directory} holds a state of another structure than '
               f'this config builds (was the model or optimizer config changed?); allowed: the '
               f'config the run was started with, or a new workdir') from e
-        moved_to = self._quarantine(step)
-        log.warning('checkpoint %d in %s is unreadable (%s: %s); moved to %s, trying the '
-                    'previous one', step, self.directory, type(e).__name__,
-                    str(e).splitlines()[0][:200] if str(e) else '', moved_to)
+        first_line = str(e).splitlines()[0][:200] if str(e) else ''
+        failures.append((step, f'{type(e).__name__}: {first_line}'))
+        continue
+      for bad_step, reason in failures:
+        moved_to = self._quarantine(bad_step)
+        log.warning('checkpoint %d in %s is unreadable (%s); moved to %s; resuming from %d',
+                    bad_step, self.directory, reason, moved_to, step)
+      return state, step
+    if failures:
+      raise CheckpointError(f'no checkpoint in {self.directory} restores; nothing was moved: ' +
+                            '; '.join(f'step {s}: {r}' for s, r in failures))
     return None, None
 
   def _quarantine(self, step: int) -> str:
@@ -83,9 +93,6 @@ class Checkpointer:
     shutil.move(source, target)
     self._manager.reload()
     return target
-
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -28,6 +28,7 @@ from sslm_jax.train import optim, step as step_lib, writers
 from sslm_jax.train.state import TrainState, create_train_state
 
 log = logging.getLogger(__name__)
+_EVAL_STREAM = 1_000_003  # fold_in constant: eval noise never coincides with a train step's
 
 
 class WorkdirError(ValueError):
@@ -45,28 +46,57 @@ class Run:
   workdir: str
   model: object
   train_split: image_data.ImageSplit | None
-  eval_split: image_data.ImageSplit
+  eval_split: image_data.ImageSplit | None
   steps_per_epoch: int
   total_steps: int
   tx: object
   init_state: TrainState
 
 
-def check_workdir(config, workdir: str) -> None:
-  """Refuses a workdir whose saved run has a different model."""
+# What a resumed run may change: schedule length, the learning rate (the usual answer to a
+# divergence), reporting, and where the data lives.
+RESUMABLE_CHANGES = ('optimizer.learning_rate', 'train.num_epochs', 'train.num_steps',
+                     'train.log_every_steps', 'train.eval_every_steps',
+                     'train.checkpoint_every_steps',
+                     'train.keep_checkpoints', 'train.async_checkpoints', 'train.num_pictures',
+                     'train.progress_bar', 'train.eval_batch_size', 'data.data_dir',
+                     'data.manual_dir')
+_LENGTH_KEYS = ('train.num_epochs', 'train.num_steps')
+
+
+def saved_config(workdir: str):
+  """The config.json of the run in `workdir`, or None when there is none yet."""
   path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
+  if not os.path.exists(path):
+    return None
+  try:
     with open(path) as f:
-      try:
-        saved = config_lib.from_json(f.read())
-      except ValueError as e:
-        raise WorkdirError(f'{path} is not a readable run config ({e}); use another workdir')
-    changed = {k: v for k, v in config_lib.differences(saved, config).items()
-               if k.startswith('model.')}
-    if changed:
-      lines = ', '.join(f'{k}: saved {a!r} vs asked {b!r}' for k, (a, b) in changed.items())
-      raise WorkdirError(f'workdir {workdir!r} holds a run of a different model ({lines}); '
-                         f'allowed: the same model config, or a new workdir')
+      return config_lib.from_json(f.read())
+  except (ValueError, TypeError, AttributeError) as e:
+    raise WorkdirError(f'{path} is not a readable run config ({type(e).__name__}: {e}); '
+                       f'allowed: the config.json a run wrote, or another workdir') from e
+
+
+def check_workdir(config, workdir: str) -> None:
+  """Refuses to continue a run in `workdir` with settings that would change what it computes.
+
+  Allowed: RESUMABLE_CHANGES, except that the schedule's length may change only with a constant
+  learning rate (a decaying schedule is a function of the total number of steps).
+  """
+  saved = saved_config(workdir)
+  if saved is None:
+    return
+  allowed = set(RESUMABLE_CHANGES)
+  if config.optimizer.schedule != 'constant':
+    allowed -= set(_LENGTH_KEYS)
+  changed = {k: v for k, v in config_lib.differences(saved, config).items() if k not in allowed}
+  if changed:
+    lines = ', '.join(f'{k}: saved {a!r} vs asked {b!r}' for k, (a, b) in changed.items())
+    kind = 'a different model' if any(k.startswith('model.') for k in changed) else \
+        'a run with different settings'
+    raise WorkdirError(f'workdir {workdir!r} holds {kind} ({lines}); allowed: the same config '
+                       f'(changes allowed on resume: {", ".join(sorted(allowed))}), or a new '
+                       f'workdir')
 
 
 def record_config(config, workdir: str) -> None:
@@ -78,26 +108,35 @@ def record_config(config, workdir: str) -> None:
     os.replace(path + '.tmp', path)
 
 
-def setup(config, workdir: str, *, need_train: bool = True) -> Run:
+def initial_params(model, config):
+  """The parameters a run of `config` starts from (a function of config.seed alone)."""
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+  m = config.model
+  dummy = jnp.zeros((1, m.input_size, m.input_size, m.channels), jnp.float32)
+  return jax.jit(model.init)(init_rng, dummy, init_rng)['params']
+
+
+def setup(config, workdir: str, *, need_train: bool = True, need_eval: bool = True) -> Run:
   """Loads data, builds model, optimizer and the initial state; validates everything first."""
   config_lib.validate(config)
   d, m = config.data, config.model
-  load = lambda split: image_data.load_split(d.name, split, data_dir=d.data_dir,  # noqa: E731
-                                             manual_dir=d.manual_dir, image_key=d.image_key)
-  eval_split = load(d.eval_split)
-  image_data.check_compatible(eval_split, m.channels, f'{d.name}:{d.eval_split}')
+
+  def load(split):
+    data = image_data.load_split(d.name, split, data_dir=d.data_dir, manual_dir=d.manual_dir,
+                                 image_key=d.image_key)
+    image_data.check_compatible(data, m.channels, f'{d.name}:{split}')
+    return data
+
+  eval_split = load(d.eval_split) if need_eval else None
   train_split, per_epoch, total = None, 0, 0
   if need_train:
     train_split = load(d.train_split)
-    image_data.check_compatible(train_split, m.channels, f'{d.name}:{d.train_split}')
     per_epoch = image_data.steps_per_epoch(len(train_split), config.train.batch_size)
     total = config.train.num_steps or config.train.num_epochs * per_epoch
   model = build_model(m)
   tx = optim.make_optimizer(config.optimizer, max(total, 1))
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  dummy = jnp.zeros((1, m.input_size, m.input_size, m.channels), jnp.float32)
-  params = jax.jit(model.init)(init_rng, dummy, init_rng)['params']
-  state = create_train_state(params, tx, train_rng)
+  _, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = create_train_state(initial_params(model, config), tx, train_rng)
   return Run(config, workdir, model, train_split, eval_split, per_epoch, total, tx, state)
 
 
@@ -109,13 +148,18 @@ def restore_or_init(run: Run, checkpointer: ckpt_lib.Checkpointer) -> TrainState
   return state
 
 
+def evaluate_split(run: Run, params) -> dict[str, float]:
+  """Means over the whole eval split, with noise fixed across evaluations of the run."""
+  c = run.config
+  return ae_eval.evaluate(params, run.eval_split, model=run.model, objective_config=c.objective,
+                          input_size=c.model.input_size, batch_size=c.train.eval_batch_size,
+                          rng=jax.random.fold_in(jax.random.PRNGKey(c.seed), _EVAL_STREAM))
+
+
 def evaluate_and_draw(run: Run, params, step: int, writer: writers.MetricWriter) -> dict:
   """Test-split metrics (written) and the two pictures of the run folder."""
   c = run.config
-  eval_rng = jax.random.fold_in(jax.random.PRNGKey(c.seed), 1_000_003)  # fixed across evals
-  metrics = ae_eval.evaluate(params, run.eval_split, model=run.model, objective_config=c.objective,
-                             input_size=c.model.input_size, batch_size=c.train.eval_batch_size,
-                             rng=eval_rng)
+  metrics = evaluate_split(run, params)
   writer.write(step, 'eval', metrics)
   if jax.process_index() == 0:
     n = min(c.train.num_pictures, len(run.eval_split))
@@ -124,7 +168,7 @@ def evaluate_and_draw(run: Run, params, step: int, writer: writers.MetricWriter)
     pictures.save_reconstructions(os.path.join(run.workdir, 'reconstructions.png'), originals,
                                   recon)
     pictures.save_samples(os.path.join(run.workdir, 'samples.png'),
-                          ae_eval.sample(params, n, eval_rng, model=run.model))
+                          ae_eval.sample(params, n, jax.random.PRNGKey(c.seed), model=run.model))
   return metrics
 
 
@@ -135,8 +179,8 @@ def _check_finite(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
     if not np.isfinite(metrics['loss']):
       raise NonFiniteLossError(
           f'loss is {metrics["loss"]} at step {step}; training stopped and nothing was saved '
-          f'after the last good checkpoint. Try a lower optimizer.learning_rate or '
-          f'optimizer.grad_clip_norm > 0.')
+          f'after the last good checkpoint. Resume with a lower optimizer.learning_rate, or '
+          f'start a new workdir with optimizer.grad_clip_norm > 0.')
   return fetched
 
 
@@ -155,7 +199,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=c.keep_checkpoints,
                                        async_save=c.async_checkpoints)
   state = restore_or_init(run, checkpointer)
-  record_config(config, workdir)
   start_step = int(state.step)
   summary_path = os.path.join(workdir, 'summary.json')
   if start_step >= run.total_steps and os.path.exists(summary_path):
@@ -163,6 +206,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     log.info('the run in %s is complete (step %d); nothing to do', workdir, start_step)
     with open(summary_path) as f:
       return json.load(f)
+  record_config(config, workdir)
   writer_enabled = jax.process_index() == 0
   if writer_enabled:
     writers.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), start_step)
@@ -186,7 +230,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       done = step + 1
       is_last = done == run.total_steps
       if done % c.log_every_steps == 0 or is_last:
-        fetched = _check_finite(pending)
+        fetched = _check_finite(pending)  # the steps since the last log
         pending = []
         rate = window_steps / max(time.time() - window_start, 1e-9)
         window_start, window_steps = time.time(), 0
@@ -197,9 +241,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bar.set_postfix(loss=f'{means["loss"]:.4f}', steps_per_s=f'{rate:.2f}')
       if done % ckpt_every == 0 or is_last:
         _check_finite(pending)  # never save a state that a non-finite loss has touched
-        pending = []
         checkpointer.save(done, state)
       if done % eval_every == 0 or is_last:
+        _check_finite(pending)  # nor evaluate or draw one
         eval_metrics = evaluate_and_draw(run, state.params, done, writer)
         bar.write(f'step {done}: ' + ', '.join(f'test_{k}={v:.5g}'
                                                for k, v in eval_metrics.items()))

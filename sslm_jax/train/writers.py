@@ -1,7 +1,9 @@
 """Metrics to `metrics.jsonl` (one JSON object a line) and to TensorBoard event files.
 
 Named `writers` rather than `logging` so that it never shadows the standard library module.
-On resume, records past the restored step are dropped, so the file tells one consistent history.
+On resume, JSONL records past the restored step are dropped, so the file tells one consistent
+history; TensorBoard event files are append-only, so there a resumed step shows twice (the later
+point is the one that continued).
 """
 
 import json

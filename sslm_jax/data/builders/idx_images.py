@@ -24,7 +24,6 @@ _FILES = {  # split -> (images, labels), as upstream names them
 
 FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
                          'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
-DEBIAN_DIRS = {'fashion_mnist': '/usr/share/datasets/fashion-mnist'}
 
 
 @dataclasses.dataclass
