@@ -6,8 +6,8 @@ interleaved: after warm-up and compilation, each repeat runs --steps steps of JA
 eager, then of torch.compile, so load from other processes on the machine falls on all of them
 alike. Every step is timed on its own, synchronised (JAX: block_until_ready).
 
-  python -m benchmarks.vae_step                          # batch 64 and 256, writes results/
-  python -m benchmarks.vae_step --batch_sizes=64 --steps=3 --repeats=2 --no_compile
+  python benchmarks/vae_step.py                          # batch 64 and 256, writes results/
+  python benchmarks/vae_step.py --batch_sizes=64 --steps=3 --repeats=2 --no_compile
 
 Memory columns: `*_rss_growth_mb` is the growth of the process's resident set over that
 framework's setup, compilation and warm-up (process-wide, so it includes compiled code and
@@ -194,8 +194,9 @@ def metadata(args) -> dict:
   import flax
   import optax
   return {
-      'command': ' '.join([os.path.basename(sys.executable), '-m', 'benchmarks.vae_step']
-                          + sys.argv[1:]),
+      'command': ' '.join(['python'] + (['-m', 'benchmarks.vae_step']
+                                        if not sys.argv[0].endswith('.py')
+                                        else [os.path.relpath(sys.argv[0])]) + sys.argv[1:]),
       'machine': {'platform': platform.platform(), 'processor': platform.processor(),
                   'cpu_count': os.cpu_count(), 'python': platform.python_version()},
       'versions': {'jax': jax.__version__, 'jaxlib': jax.lib.__version__,
