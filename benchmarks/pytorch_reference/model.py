@@ -49,8 +49,11 @@ def make_decoder(latent_dim: int, channels: int, input_size: int, hidden: Sequen
   return nn.Sequential(*layers)
 
 
-class VAE(nn.Module):
-  """The seed VAE; `forward(x, eps)` takes the reparameterization noise explicitly."""
+class _SeedCodec(nn.Module):
+  """Encoder, a linear head (`head_name`, `head_outputs` x latent_dim outputs), decoder; the
+  fields mirror sslm_jax's VAE and AutoEncoder."""
+  head_name = ''
+  head_outputs = 1
 
   def __init__(self, latent_dim: int = 32, input_size: int = 32, channels: int = 1,
                encoder_features: Sequence[int] = (64, 128, 256), encoder_out_features: int = 256,
@@ -59,9 +62,15 @@ class VAE(nn.Module):
     super().__init__()
     self.latent_dim = latent_dim
     self.encoder = make_encoder(channels, input_size, encoder_features, encoder_out_features)
-    self.posterior = nn.Linear(encoder_out_features, 2 * latent_dim)
+    setattr(self, self.head_name,
+            nn.Linear(encoder_out_features, self.head_outputs * latent_dim))
     self.decoder = make_decoder(latent_dim, channels, input_size, decoder_hidden,
                                 decoder_base_features, decoder_features)
+
+
+class VAE(_SeedCodec):
+  """The seed VAE; `forward(x, eps)` takes the reparameterization noise explicitly."""
+  head_name, head_outputs = 'posterior', 2
 
   def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     stats = self.posterior(self.encoder(x))
@@ -76,18 +85,9 @@ class VAE(nn.Module):
     return self.decoder(z), mu, logvar
 
 
-class AutoEncoder(nn.Module):
+class AutoEncoder(_SeedCodec):
   """Deterministic autoencoder on the same encoder and decoder, as `sslm_jax.models.AutoEncoder`."""
-
-  def __init__(self, latent_dim: int = 32, input_size: int = 32, channels: int = 1,
-               encoder_features: Sequence[int] = (64, 128, 256), encoder_out_features: int = 256,
-               decoder_hidden: Sequence[int] = (256, 128, 64), decoder_base_features: int = 64,
-               decoder_features: Sequence[int] = (128, 64)):
-    super().__init__()
-    self.encoder = make_encoder(channels, input_size, encoder_features, encoder_out_features)
-    self.code = nn.Linear(encoder_out_features, latent_dim)
-    self.decoder = make_decoder(latent_dim, channels, input_size, decoder_hidden,
-                                decoder_base_features, decoder_features)
+  head_name = 'code'
 
   def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(recon, code)."""
