@@ -42,7 +42,7 @@ def _load_config(argv: list[str]):
   return config_lib.validate(config), flag_values.workdir
 
 
-def _restore_params(workdir: str, step: int | None, *, need_eval: bool):
+def _restore_params(workdir: str, step: int | None):
   """(run, params, step) of a checkpoint of the run in `workdir` (the newest by default)."""
   from sslm_jax.train import checkpoint as ckpt_lib
   from sslm_jax.train import loop
@@ -50,7 +50,7 @@ def _restore_params(workdir: str, step: int | None, *, need_eval: bool):
   if config is None:
     raise FileNotFoundError(f'{os.path.join(workdir, "config.json")} not found: --workdir must '
                             f'be the folder of a training run')
-  run = loop.setup(config, workdir, need_train=False, need_eval=need_eval)
+  run = loop.setup(config, workdir, training=False)
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   try:
     steps = checkpointer.steps()
@@ -78,10 +78,9 @@ def cmd_train(args, rest: list[str]) -> int:
 
 
 def cmd_eval(args, rest) -> int:
-  from sslm_jax.train import loop
-  run, params, step = _restore_params(args.workdir, args.step, need_eval=True)
-  result = {'step': step, 'split': run.config.data.eval_split,
-            **loop.evaluate_split(run, params)}
+  run, params, step = _restore_params(args.workdir, args.step)
+  split = args.split or run.config.data.eval_split
+  result = {'step': step, 'split': split, **run.task.evaluate(params, split)}
   print(json.dumps(result, indent=2, sort_keys=True))
   return 0
 
@@ -90,11 +89,11 @@ def cmd_sample(args, rest) -> int:
   import jax
   from sslm_jax.eval import autoencoder as ae_eval
   from sslm_jax.eval import pictures
-  run, params, step = _restore_params(args.workdir, args.step, need_eval=False)
+  run, params, step = _restore_params(args.workdir, args.step)
   out = args.out or os.path.join(args.workdir, f'samples_step{step}_seed{args.seed}.png')
   if os.path.exists(out) and not args.overwrite:
     raise FileExistsError(f'{out} exists; pass --overwrite or another --out')
-  images = ae_eval.sample(params, args.num, jax.random.PRNGKey(args.seed), model=run.model)
+  images = ae_eval.sample(params, args.num, jax.random.PRNGKey(args.seed), model=run.task.model)
   pictures.save_samples(out, images)
   print(out)
   return 0
@@ -134,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--workdir', required=True)
     p.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
     p.set_defaults(func=func)
+    if name == 'eval':
+      p.add_argument('--split', default='', help='default: the run\'s data.eval_split')
     if name == 'sample':
       p.add_argument('--num', type=_positive_int, default=64)
       p.add_argument('--seed', type=int, default=0)

@@ -10,8 +10,15 @@ from typing import Any
 
 import ml_collections
 
-MODELS = ('vae', 'ae')
-OBJECTIVES_FOR_MODEL = {'vae': ('seed', 'elbo'), 'ae': ('mse',)}
+IMAGE_MODELS = ('vae', 'ae')
+TEXT_MODELS = ('gpt', 'bert')
+MODELS = IMAGE_MODELS + TEXT_MODELS
+OBJECTIVES_FOR_MODEL = {'vae': ('seed', 'elbo'), 'ae': ('mse',), 'gpt': ('causal_lm', 'denoising'),
+                        'bert': ('mlm',)}
+POSITIONS = ('learned', 'rotary')
+TOKENIZER_TYPES = ('unigram', 'bpe')
+NORMALIZATIONS = ('NFKC', 'NFC', 'NFKD', 'NFD', '')
+PARALLEL_MODES = ('jit', 'pmap')
 LIKELIHOODS = ('gaussian', 'bernoulli')
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'linear')
@@ -39,7 +46,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.decoder_base_features = 64         # channels of the unflattened map
   c.model.decoder_features = (128, 64)       # stride-2 transposed convs before the last one
   c.model.conv_transpose_impl = 'col2im'
-  c.model.dtype = 'float32'
+  c.model.dtype = 'float32'          # compute dtype; parameters and optimizer state stay float32
+  # Transformers (gpt, bert); the vocabulary size is the tokenizer's (text.vocab_size).
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.embed_dim = 256
+  c.model.mlp_dim = 1024
+  c.model.max_len = 128              # longest input; >= text.seq_len (2 * seq_len + 1 denoising)
+  c.model.dropout_rate = 0.1
+  c.model.attention_dropout_rate = 0.0
+  c.model.positions = 'learned'
+  c.model.tie_embeddings = True
 
   c.objective = ml_collections.ConfigDict()
   c.objective.name = 'seed'          # seed: MSE + kl_weight * mean(mu^2 + var - 1 - logvar)
@@ -47,14 +64,32 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective.beta = 1.0             # elbo: recon_nll + beta * KL
   c.objective.likelihood = 'bernoulli'
   c.objective.likelihood_scale = 0.1  # std of the gaussian likelihood, in [-1, 1] pixel units
+  c.objective.mask_rate = 0.15       # mlm: tokens chosen; denoising: noisy tokens masked
+  c.objective.mask_token_fraction = 0.8    # mlm: chosen tokens that become [MASK]
+  c.objective.random_token_fraction = 0.1  # mlm: chosen tokens that become a random token
+  c.objective.deletion_rate = 0.1    # denoising: noisy tokens deleted
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'fashion_mnist'      # any tfds image dataset; idx_images/<name> for local files
   c.data.data_dir = ''               # '' = tfds' default (~/tensorflow_datasets)
   c.data.manual_dir = ''             # local files for builders that read a manual dir
   c.data.train_split = 'train'
-  c.data.eval_split = 'test'
+  c.data.eval_split = 'test'         # evaluated during training
+  c.data.test_split = ''             # also evaluated at the end when set (e.g. eval on validation)
   c.data.image_key = 'image'
+  c.data.text_key = 'text'
+
+  c.text = ml_collections.ConfigDict()  # text runs: cleaning, tokenizer, sequence layout
+  c.text.seq_len = 128
+  c.text.vocab_size = 8000
+  c.text.tokenizer_type = 'unigram'
+  c.text.tokenizer_path = ''         # '' = train one on the train split, saved in the workdir
+  c.text.normalization = 'NFKC'
+  c.text.remove_symbols = ''         # characters deleted by the cleaner
+  c.text.lowercase = False
+  c.text.remove_stopwords = False    # the seed's option; off for language modelling
+  c.text.num_samples = 4             # gpt: generated samples written at each evaluation
+  c.text.sample_prompt = ''
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'
@@ -80,6 +115,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.async_checkpoints = True
   c.train.num_pictures = 64
   c.train.progress_bar = True
+  c.train.grad_accum_steps = 1       # micro-batches a step; batch_size is the whole step's
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.mode = 'jit'            # jit over a device mesh, or pmap (maintenance mode in JAX)
+  c.parallel.mesh_data = -1          # -1 = every device not used by fsdp
+  c.parallel.mesh_fsdp = 1           # > 1 shards parameters and optimizer state
+  c.parallel.coordinator_address = ''  # many hosts: host:port of process 0
+  c.parallel.num_processes = 1
+  c.parallel.process_id = 0
 
   c.lock()
   return c
@@ -94,6 +138,14 @@ def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
     else:
       out[path] = value
   return out
+
+
+def _all_ints(*values) -> bool:
+  return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def _all_floats(*values) -> bool:
+  return all(isinstance(v, float) for v in values)
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -136,13 +188,35 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     positive_int(key)
   for key in ('model.encoder_features', 'model.decoder_hidden', 'model.decoder_features'):
     int_tuple(key)
-  if isinstance(m.input_size, int) and m.input_size >= 1:
+  if m.name in IMAGE_MODELS and isinstance(m.input_size, int) and m.input_size >= 1:
     for key, n_stride2 in (('model.encoder_features', len(m.encoder_features)),
                            ('model.decoder_features', len(m.decoder_features) + 1)):
       check(m.input_size % (2 ** n_stride2) == 0, 'model.input_size',
             f'a multiple of 2**{n_stride2} (the {n_stride2} stride-2 layers of {key})')
+  for key in ('model.num_layers', 'model.num_heads', 'model.embed_dim', 'model.mlp_dim',
+              'model.max_len', 'text.seq_len'):
+    positive_int(key)
+  choice('model.positions', POSITIONS)
+  check(isinstance(m.tie_embeddings, bool), 'model.tie_embeddings', 'True or False')
+  for key in ('model.dropout_rate', 'model.attention_dropout_rate'):
+    check(isinstance(given.get(key), float) and 0 <= given.get(key) < 1, key, 'a float in [0, 1)')
+  if m.name in TEXT_MODELS and _all_ints(m.embed_dim, m.num_heads, m.max_len, config.text.seq_len):
+    head_dim = m.embed_dim // max(m.num_heads, 1)
+    check(m.embed_dim % max(m.num_heads, 1) == 0, 'model.embed_dim',
+          f'a multiple of model.num_heads={m.num_heads}')
+    check(m.positions != 'rotary' or head_dim % 2 == 0, 'model.positions',
+          f"'learned', or 'rotary' with an even head size (embed_dim / num_heads = {head_dim})")
+    needed = 2 * config.text.seq_len + 1 if o.name == 'denoising' else config.text.seq_len
+    check(m.max_len >= needed, 'model.max_len',
+          f'>= {needed} (text.seq_len={config.text.seq_len} for objective {o.name!r})')
 
   choice('objective.name', OBJECTIVES_FOR_MODEL.get(m.name, ()))
+  for key in ('objective.mask_rate', 'objective.mask_token_fraction',
+              'objective.random_token_fraction', 'objective.deletion_rate'):
+    check(isinstance(given.get(key), float) and 0 <= given.get(key) < 1, key, 'a float in [0, 1)')
+  if _all_floats(o.mask_token_fraction, o.random_token_fraction):
+    check(o.mask_token_fraction + o.random_token_fraction <= 1, 'objective.random_token_fraction',
+          f'at most 1 - objective.mask_token_fraction = {1 - o.mask_token_fraction}')
   choice('objective.likelihood', LIKELIHOODS)
   check(isinstance(o.kl_weight, float) and o.kl_weight >= 0, 'objective.kl_weight', 'a float >= 0')
   check(isinstance(o.beta, float) and o.beta >= 0, 'objective.beta', 'a float >= 0')
@@ -150,8 +224,20 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         'objective.likelihood_scale', 'a float > 0')
 
   check(isinstance(d.name, str) and bool(d.name), 'data.name', 'a tfds dataset name')
-  for key in ('data.train_split', 'data.eval_split', 'data.image_key'):
+  for key in ('data.train_split', 'data.eval_split', 'data.image_key', 'data.text_key'):
     check(isinstance(given.get(key), str) and bool(given.get(key)), key, 'a non-empty string')
+  check(isinstance(d.test_split, str), 'data.test_split', "a split name, or '' for none")
+
+  txt = config.text
+  check(isinstance(txt.vocab_size, int) and txt.vocab_size >= 16, 'text.vocab_size',
+        'an integer >= 16')
+  choice('text.tokenizer_type', TOKENIZER_TYPES)
+  choice('text.normalization', NORMALIZATIONS)
+  for key in ('text.tokenizer_path', 'text.remove_symbols', 'text.sample_prompt'):
+    check(isinstance(given.get(key), str), key, 'a string')
+  for key in ('text.lowercase', 'text.remove_stopwords'):
+    check(isinstance(given.get(key), bool), key, 'True or False')
+  positive_int('text.num_samples', minimum=0)
 
   choice('optimizer.name', OPTIMIZERS)
   choice('optimizer.schedule', SCHEDULES)
@@ -172,6 +258,27 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     positive_int(key, minimum=0)
   check(t.num_epochs > 0 or t.num_steps > 0, 'train.num_epochs',
         'at least one of train.num_epochs and train.num_steps > 0')
+  positive_int('train.grad_accum_steps')
+  if _all_ints(t.batch_size, t.grad_accum_steps) and t.grad_accum_steps >= 1:
+    check(t.batch_size % t.grad_accum_steps == 0, 'train.batch_size',
+          f'a multiple of train.grad_accum_steps={t.grad_accum_steps}')
+
+  p = config.parallel
+  choice('parallel.mode', PARALLEL_MODES)
+  check(isinstance(p.mesh_data, int) and (p.mesh_data == -1 or p.mesh_data >= 1),
+        'parallel.mesh_data', '-1 (all devices left) or an integer >= 1')
+  positive_int('parallel.mesh_fsdp')
+  check(p.mode == 'jit' or p.mesh_fsdp == 1, 'parallel.mesh_fsdp',
+        "1 with parallel.mode='pmap' (pmap replicates parameters); use mode 'jit' to shard them")
+  positive_int('parallel.num_processes')
+  positive_int('parallel.process_id', minimum=0)
+  check(isinstance(p.coordinator_address, str), 'parallel.coordinator_address',
+        "'host:port' of process 0, or '' for one process")
+  if _all_ints(p.num_processes, p.process_id):
+    check(p.process_id < p.num_processes, 'parallel.process_id',
+          f'0 .. parallel.num_processes - 1 = {p.num_processes - 1}')
+    check(p.num_processes == 1 or bool(p.coordinator_address), 'parallel.coordinator_address',
+          "'host:port' of process 0 when parallel.num_processes > 1")
   if problems:
     raise ConfigError('invalid config:\n  ' + '\n  '.join(problems))
   return config

@@ -99,7 +99,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     config.optimizer.learning_rate = 1e30  # Adam moves every weight by ~lr: overflow
     with pytest.raises(loop.NonFiniteLossError, match='loss is (nan|inf)'):
       loop.train_and_evaluate(config, str(tmp_path))
-    run_state = loop.setup(config, str(tmp_path), need_train=False).init_state
+    run_state = loop.setup(config, str(tmp_path), training=False).init_state
   ckpt = Checkpointer(str(tmp_path), read_only=True)
   steps = ckpt.steps()
   assert 60 in steps
@@ -132,7 +132,7 @@ def test_eval_means_do_not_depend_on_the_batch_size():
   model = build_model(config.model)
   images = np.random.default_rng(0).integers(0, 256, (100, 28, 28, 1)).astype(np.uint8)
   split = ImageSplit(images, np.zeros(100, np.int64), 10)
-  params = loop.initial_params(model, config)
+  params = loop.setup(config, '', training=False).init_state.params
   means = [evaluate(params, split, model=model, objective_config=config.objective,
                     input_size=32, batch_size=b, rng=jax.random.PRNGKey(0)) for b in (64, 100, 7)]
   for other in means[1:]:

@@ -13,22 +13,17 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 
 from sslm_jax import config as config_lib
-from sslm_jax.data import images as image_data
-from sslm_jax.eval import autoencoder as ae_eval
-from sslm_jax.eval import pictures
-from sslm_jax.models import build_model
-from sslm_jax.objectives import bind_loss
+from sslm_jax.data.images import steps_per_epoch
+from sslm_jax.tasks import build_task
 from sslm_jax.train import checkpoint as ckpt_lib
 from sslm_jax.train import optim, step as step_lib, writers
 from sslm_jax.train.state import TrainState, create_train_state
 
 log = logging.getLogger(__name__)
-_EVAL_STREAM = 1_000_003  # fold_in constant: eval noise never coincides with a train step's
 
 
 class WorkdirError(ValueError):
@@ -44,9 +39,7 @@ class Run:
   """What a job needs besides the config: built once by `setup`, shared by train/eval/sample."""
   config: object
   workdir: str
-  model: object
-  train_split: image_data.ImageSplit | None
-  eval_split: image_data.ImageSplit | None
+  task: object  # sslm_jax.tasks: data, model, loss, evaluation
   steps_per_epoch: int
   total_steps: int
   tx: object
@@ -108,36 +101,22 @@ def record_config(config, workdir: str) -> None:
     os.replace(path + '.tmp', path)
 
 
-def initial_params(model, config):
-  """The parameters a run of `config` starts from (a function of config.seed alone)."""
-  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-  m = config.model
-  dummy = jnp.zeros((1, m.input_size, m.input_size, m.channels), jnp.float32)
-  return jax.jit(model.init)(init_rng, dummy, init_rng)['params']
+def setup(config, workdir: str, *, training: bool = True) -> Run:
+  """Builds the task, optimizer and initial state; validates everything first.
 
-
-def setup(config, workdir: str, *, need_train: bool = True, need_eval: bool = True) -> Run:
-  """Loads data, builds model, optimizer and the initial state; validates everything first."""
+  `training=False` (eval, sample) reads no training data and trains no tokenizer.
+  """
   config_lib.validate(config)
-  d, m = config.data, config.model
-
-  def load(split):
-    data = image_data.load_split(d.name, split, data_dir=d.data_dir, manual_dir=d.manual_dir,
-                                 image_key=d.image_key)
-    image_data.check_compatible(data, m.channels, f'{d.name}:{split}')
-    return data
-
-  eval_split = load(d.eval_split) if need_eval else None
-  train_split, per_epoch, total = None, 0, 0
-  if need_train:
-    train_split = load(d.train_split)
-    per_epoch = image_data.steps_per_epoch(len(train_split), config.train.batch_size)
+  task = build_task(config, workdir, training=training)
+  per_epoch, total = 0, 0
+  if training:
+    per_epoch = steps_per_epoch(task.num_train_rows, config.train.batch_size)
     total = config.train.num_steps or config.train.num_epochs * per_epoch
-  model = build_model(m)
   tx = optim.make_optimizer(config.optimizer, max(total, 1))
-  _, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = create_train_state(initial_params(model, config), tx, train_rng)
-  return Run(config, workdir, model, train_split, eval_split, per_epoch, total, tx, state)
+  # The initial parameters are a function of config.seed alone.
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = create_train_state(task.init_params(init_rng), tx, train_rng)
+  return Run(config, workdir, task, per_epoch, total, tx, state)
 
 
 def restore_or_init(run: Run, checkpointer: ckpt_lib.Checkpointer) -> TrainState:
@@ -148,28 +127,18 @@ def restore_or_init(run: Run, checkpointer: ckpt_lib.Checkpointer) -> TrainState
   return state
 
 
-def evaluate_split(run: Run, params) -> dict[str, float]:
-  """Means over the whole eval split, with noise fixed across evaluations of the run."""
-  c = run.config
-  return ae_eval.evaluate(params, run.eval_split, model=run.model, objective_config=c.objective,
-                          input_size=c.model.input_size, batch_size=c.train.eval_batch_size,
-                          rng=jax.random.fold_in(jax.random.PRNGKey(c.seed), _EVAL_STREAM))
-
-
-def evaluate_and_draw(run: Run, params, step: int, writer: writers.MetricWriter) -> dict:
-  """Test-split metrics (written) and the two pictures of the run folder."""
-  c = run.config
-  metrics = evaluate_split(run, params)
-  writer.write(step, 'eval', metrics)
+def evaluate_and_draw(run: Run, params, step: int, writer: writers.MetricWriter,
+                      splits: tuple[str, ...]) -> dict[str, float]:
+  """Metrics of each split, written and returned as {split_metric: value}, and the pictures or
+  samples of the run folder."""
+  results = {}
+  for split in splits:
+    metrics = run.task.evaluate(params, split)
+    writer.write(step, split, metrics)
+    results.update({f'{split}_{k}': v for k, v in metrics.items()})
   if jax.process_index() == 0:
-    n = min(c.train.num_pictures, len(run.eval_split))
-    originals, recon = ae_eval.reconstruct(params, run.eval_split.images[:n], model=run.model,
-                                           input_size=c.model.input_size)
-    pictures.save_reconstructions(os.path.join(run.workdir, 'reconstructions.png'), originals,
-                                  recon)
-    pictures.save_samples(os.path.join(run.workdir, 'samples.png'),
-                          ae_eval.sample(params, n, jax.random.PRNGKey(c.seed), model=run.model))
-  return metrics
+    run.task.draw(params, run.workdir)
+  return results
 
 
 def _check_finite(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
@@ -212,11 +181,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writers.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), start_step)
   writer = writers.MetricWriter(workdir, enabled=writer_enabled)
 
-  train_step = step_lib.jit_train_step(bind_loss(run.model, config.objective), run.tx)
-  prepare = jax.jit(lambda b: {'image': image_data.to_model_input(b['image'],
-                                                                  config.model.input_size)})
-  batches = image_data.train_batches(run.train_split, batch_size=c.batch_size, seed=config.seed,
-                                     start_step=start_step)
+  train_step = step_lib.jit_train_step(run.task.loss_fn, run.tx)
+  prepare = jax.jit(run.task.device_transform)
+  batches = run.task.train_batches(c.batch_size, config.seed, start_step)
+  eval_splits = (config.data.eval_split,)
+  final_splits = tuple(dict.fromkeys(eval_splits + ((config.data.test_split,)
+                                                    if config.data.test_split else ())))
   bar = tqdm.tqdm(total=run.total_steps, initial=start_step, unit='step', dynamic_ncols=True,
                   disable=not (c.progress_bar and writer_enabled))
   pending, eval_metrics = [], None
@@ -244,20 +214,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
         checkpointer.save(done, state)
       if done % eval_every == 0 or is_last:
         _check_finite(pending)  # nor evaluate or draw one
-        eval_metrics = evaluate_and_draw(run, state.params, done, writer)
-        bar.write(f'step {done}: ' + ', '.join(f'test_{k}={v:.5g}'
-                                               for k, v in eval_metrics.items()))
+        eval_metrics = evaluate_and_draw(run, state.params, done, writer,
+                                         final_splits if is_last else eval_splits)
+        bar.write(f'step {done}: ' + ', '.join(f'{k}={v:.5g}' for k, v in eval_metrics.items()))
     if eval_metrics is None:  # complete, but killed before its summary was written
-      eval_metrics = evaluate_and_draw(run, state.params, int(state.step), writer)
+      eval_metrics = evaluate_and_draw(run, state.params, int(state.step), writer, final_splits)
   finally:
     bar.close()
     checkpointer.close()
     writer.close()
-  summary = {f'test_{k}': v for k, v in eval_metrics.items()}
+  summary = dict(eval_metrics)
   summary.update(steps=int(state.step), epochs=int(state.step) / every_epoch,
                  resumed_from_step=start_step, wall_seconds=time.time() - started,
-                 train_examples=len(run.train_split), test_examples=len(run.eval_split),
-                 dataset=config.data.name, model=config.model.name,
+                 **run.task.describe(), dataset=config.data.name, model=config.model.name,
                  objective=config.objective.name,
                  parameters=int(sum(x.size for x in jax.tree.leaves(state.params))))
   if writer_enabled:

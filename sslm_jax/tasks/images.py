@@ -1,0 +1,73 @@
+"""The image autoencoders (seed VAE, AE) as a task: tfds images in, pictures out."""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+
+from sslm_jax.data import images as image_data
+from sslm_jax.eval import autoencoder as ae_eval
+from sslm_jax.eval import pictures
+from sslm_jax.models import build_model
+from sslm_jax.objectives import bind_loss
+
+_EVAL_STREAM = 1_000_003  # fold_in constant: eval noise never coincides with a train step's
+
+
+class ImageTask:
+
+  def __init__(self, config):
+    self.config = config
+    self.model = build_model(config.model)
+    self.loss_fn = bind_loss(self.model, config.objective)
+    self._splits = {}
+
+  def split(self, name: str) -> image_data.ImageSplit:
+    if name not in self._splits:
+      d = self.config.data
+      data = image_data.load_split(d.name, name, data_dir=d.data_dir, manual_dir=d.manual_dir,
+                                   image_key=d.image_key)
+      image_data.check_compatible(data, self.config.model.channels, f'{d.name}:{name}')
+      self._splits[name] = data
+    return self._splits[name]
+
+  def init_params(self, rng):
+    m = self.config.model
+    dummy = jnp.zeros((1, m.input_size, m.input_size, m.channels), jnp.float32)
+    return jax.jit(self.model.init)(rng, dummy, rng)['params']
+
+  @functools.cached_property
+  def num_train_rows(self) -> int:
+    return len(self.split(self.config.data.train_split))
+
+  def train_batches(self, batch_size: int, seed: int, start_step: int):
+    return image_data.train_batches(self.split(self.config.data.train_split),
+                                    batch_size=batch_size, seed=seed, start_step=start_step)
+
+  def device_transform(self, batch):
+    return {'image': image_data.to_model_input(batch['image'], self.config.model.input_size)}
+
+  def evaluate(self, params, split: str) -> dict[str, float]:
+    """Means over the whole split, with noise fixed across evaluations of the run."""
+    c = self.config
+    return ae_eval.evaluate(params, self.split(split), model=self.model,
+                            objective_config=c.objective, input_size=c.model.input_size,
+                            batch_size=c.train.eval_batch_size,
+                            rng=jax.random.fold_in(jax.random.PRNGKey(c.seed), _EVAL_STREAM))
+
+  def draw(self, params, workdir: str) -> None:
+    """reconstructions.png (eval split) and samples.png (prior draws)."""
+    c = self.config
+    eval_split = self.split(c.data.eval_split)
+    n = min(c.train.num_pictures, len(eval_split))
+    originals, recon = ae_eval.reconstruct(params, eval_split.images[:n], model=self.model,
+                                           input_size=c.model.input_size)
+    pictures.save_reconstructions(os.path.join(workdir, 'reconstructions.png'), originals, recon)
+    pictures.save_samples(os.path.join(workdir, 'samples.png'),
+                          ae_eval.sample(params, n, jax.random.PRNGKey(c.seed), model=self.model))
+
+  def describe(self) -> dict:
+    d = self.config.data
+    return {'train_examples': len(self.split(d.train_split)),
+            'test_examples': len(self.split(d.eval_split))}
