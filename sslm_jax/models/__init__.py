@@ -3,10 +3,19 @@
 import jax.numpy as jnp
 
 from sslm_jax.models.conv_vae import AutoEncoder, VAE, reparameterize  # noqa: F401
+from sslm_jax.models.transformer import BertEncoder, GPT  # noqa: F401
 
 
-def build_model(config):
-  """The module a `model` config section describes."""
+def build_model(config, vocab_size: int = 0):
+  """The module a `model` config section describes (`vocab_size`: the tokenizer's, for text)."""
+  dtype = jnp.dtype(config.dtype)
+  if config.name in ('gpt', 'bert'):
+    cls = GPT if config.name == 'gpt' else BertEncoder
+    return cls(vocab_size=vocab_size, num_layers=config.num_layers, num_heads=config.num_heads,
+               embed_dim=config.embed_dim, mlp_dim=config.mlp_dim, max_len=config.max_len,
+               dropout_rate=config.dropout_rate,
+               attention_dropout_rate=config.attention_dropout_rate,
+               positions=config.positions, tie_embeddings=config.tie_embeddings, dtype=dtype)
   cls = {'vae': VAE, 'ae': AutoEncoder}[config.name]
   return cls(latent_dim=config.latent_dim, input_size=config.input_size,
              channels=config.channels, encoder_features=tuple(config.encoder_features),
@@ -14,5 +23,4 @@ def build_model(config):
              decoder_hidden=tuple(config.decoder_hidden),
              decoder_base_features=config.decoder_base_features,
              decoder_features=tuple(config.decoder_features),
-             conv_transpose_impl=config.conv_transpose_impl,
-             dtype=jnp.dtype(config.dtype))
+             conv_transpose_impl=config.conv_transpose_impl, dtype=dtype)

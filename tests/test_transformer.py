@@ -1,0 +1,167 @@
+"""GPT and BERT: causality, padding, parameter layouts, and generation with and without a cache."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sslm_jax.models.generate import filter_logits, generate
+from sslm_jax.models.transformer import GPT, BertEncoder
+
+VOCAB, MAX_LEN = 13, 12
+TINY = dict(vocab_size=VOCAB, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32,
+            max_len=MAX_LEN)
+
+
+def _tokens(seed=0, batch=2, length=MAX_LEN):
+  return jax.random.randint(jax.random.key(seed), (batch, length), 0, VOCAB)
+
+
+@pytest.fixture(scope='module', params=['learned', 'rotary'])
+def gpt(request):
+  model = GPT(**TINY, positions=request.param)
+  params = model.init(jax.random.key(0), _tokens())['params']
+  return model, params
+
+
+def test_gpt_is_causal(gpt):
+  model, params = gpt
+  tokens = _tokens()
+  t = 5
+  changed = tokens.at[:, t + 1:].set((tokens[:, t + 1:] + 1) % VOCAB)
+  logits = model.apply({'params': params}, tokens)
+  logits_changed = model.apply({'params': params}, changed)
+  assert logits.shape == (2, MAX_LEN, VOCAB) and logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits_changed[:, :t + 1], logits[:, :t + 1], atol=1e-6)
+  assert not np.allclose(logits_changed[:, t + 1:], logits[:, t + 1:])
+  hidden = model.apply({'params': params}, tokens, method=GPT.encode)
+  assert hidden.shape == (2, MAX_LEN, TINY['embed_dim'])
+
+
+def test_gpt_decode_logits_match_full_forward(gpt):
+  model, params = gpt
+  tokens = _tokens(1)
+  full = model.apply({'params': params}, tokens)
+  decoder = model.clone(decode=True)
+  cache = decoder.init(jax.random.key(0), tokens)['cache']
+  step = jax.jit(lambda cache, tok: decoder.apply({'params': params, 'cache': cache}, tok,
+                                                  mutable=['cache']))
+  logits = []
+  for t in range(MAX_LEN):
+    out, state = step(cache, tokens[:, t:t + 1])
+    cache = state['cache']
+    logits.append(out)
+  np.testing.assert_allclose(jnp.concatenate(logits, axis=1), full, atol=1e-5)
+
+
+def test_generation_with_and_without_cache_agree(gpt):
+  model, params = gpt
+  prompt = _tokens(2, length=4)
+  kwargs = dict(max_new_tokens=MAX_LEN - 4, rng=jax.random.key(3))
+  cached = generate(model, params, prompt, temperature=0.0, **kwargs)
+  uncached = generate(model, params, prompt, temperature=0.0, use_cache=False, **kwargs)
+  assert cached.shape == (2, MAX_LEN) and cached.dtype == jnp.int32
+  np.testing.assert_array_equal(cached[:, :4], prompt)
+  np.testing.assert_array_equal(cached, uncached)
+
+
+def test_generation_sampling_and_eos():
+  model = GPT(**{**TINY, 'num_layers': 1})
+  params = model.init(jax.random.key(0), _tokens())['params']
+  prompt = _tokens(4, length=3)
+  kwargs = dict(max_new_tokens=6, temperature=1.0, top_p=0.9)
+  a = generate(model, params, prompt, rng=jax.random.key(1), **kwargs)
+  b = generate(model, params, prompt, rng=jax.random.key(1), **kwargs)
+  np.testing.assert_array_equal(a, b)
+  assert a.min() >= 0 and a.max() < VOCAB
+  greedy = generate(model, {'params': params}, prompt, max_new_tokens=6, rng=jax.random.key(1),
+                    temperature=0.0)
+  # top_k=1 leaves only the argmax, whatever the temperature and key.
+  top1 = generate(model, params, prompt, max_new_tokens=6, rng=jax.random.key(2), top_k=1)
+  np.testing.assert_array_equal(top1, greedy)
+  eos = int(greedy[0, 3])  # row 0's first new token
+  stopped = generate(model, params, prompt, max_new_tokens=6, rng=jax.random.key(1),
+                     temperature=0.0, eos_id=eos)
+  assert np.all(np.asarray(stopped[0, 3:]) == eos)
+
+
+def test_generation_errors():
+  model = GPT(**{**TINY, 'num_layers': 1})
+  params = model.init(jax.random.key(0), _tokens())['params']
+  with pytest.raises(ValueError, match='exceeds the model max_len 12'):
+    generate(model, params, _tokens(length=8), max_new_tokens=5, rng=jax.random.key(0))
+  with pytest.raises(ValueError, match='at least one token'):
+    generate(model, params, jnp.zeros((2, 0), jnp.int32), max_new_tokens=1,
+             rng=jax.random.key(0))
+  with pytest.raises(ValueError, match='top_p'):
+    generate(model, params, _tokens(length=2), max_new_tokens=1, rng=jax.random.key(0),
+             top_p=0.0)
+  with pytest.raises(ValueError, match='exceeds max_len'):
+    model.apply({'params': params}, _tokens(length=MAX_LEN + 1))
+  with pytest.raises(TypeError, match='GPT'):
+    generate(BertEncoder(**TINY), params, _tokens(length=2), max_new_tokens=1,
+             rng=jax.random.key(0))
+
+
+def test_filter_logits():
+  logits = jnp.log(jnp.array([[0.5, 0.05, 0.3, 0.15]]))
+  keep = lambda x: np.isfinite(np.asarray(x))[0].tolist()  # noqa: E731
+  assert keep(filter_logits(logits, 2, 1.0)) == [True, False, True, False]
+  assert keep(filter_logits(logits, 0, 0.7)) == [True, False, True, False]  # 0.5 < 0.7 <= 0.8
+  assert keep(filter_logits(logits, 0, 0.5)) == [True, False, False, False]
+  assert keep(filter_logits(logits, 0, 0.81)) == [True, False, True, True]
+  # top-p acts on the top-k's renormalized probabilities: 0.5 + 0.3 of 0.95 is 0.842.
+  assert keep(filter_logits(logits, 3, 0.84)) == [True, False, True, False]
+  assert keep(filter_logits(logits, 3, 0.85)) == [True, False, True, True]
+  assert keep(filter_logits(logits, 0, 1.0)) == [True] * 4
+  assert keep(filter_logits(logits, 9, 1.0)) == [True] * 4
+
+
+def test_bert_padding_does_not_leak():
+  model = BertEncoder(**TINY, positions='rotary')
+  tokens = _tokens(5)
+  padding = jnp.arange(MAX_LEN)[None, :] < jnp.array([[7], [10]])
+  params = model.init(jax.random.key(0), tokens, padding_mask=padding)['params']
+  changed = jnp.where(padding, tokens, (tokens + 3) % VOCAB)
+  out = model.apply({'params': params}, tokens, padding_mask=padding)
+  out_changed = model.apply({'params': params}, changed, padding_mask=padding)
+  assert out.shape == (2, MAX_LEN, VOCAB) and out.dtype == jnp.float32
+  real = np.asarray(padding)
+  np.testing.assert_allclose(np.asarray(out_changed)[real], np.asarray(out)[real], atol=1e-6)
+  # Without the mask the padded tokens do reach the real positions, and it is bidirectional.
+  unmasked = model.apply({'params': params}, tokens)
+  unmasked_changed = model.apply({'params': params}, changed)
+  assert not np.allclose(np.asarray(unmasked_changed)[real], np.asarray(unmasked)[real])
+  hidden = model.apply({'params': params}, tokens, padding_mask=padding,
+                       method=BertEncoder.encode)
+  assert hidden.shape == (2, MAX_LEN, TINY['embed_dim'])
+
+
+def test_tied_and_untied_parameters():
+  tokens = _tokens(length=4)
+  shapes = lambda model: jax.tree.map(  # noqa: E731
+      jnp.shape, jax.eval_shape(model.init, jax.random.key(0), tokens)['params'])
+  tied, untied = shapes(GPT(**TINY)), shapes(GPT(**TINY, tie_embeddings=False))
+  assert 'lm_head' not in tied and tied['embed']['embedding'] == (VOCAB, 16)
+  assert untied['lm_head'] == {'kernel': (16, VOCAB), 'bias': (VOCAB,)}
+  assert set(untied) - set(tied) == {'lm_head'}
+  assert tied['position_embed']['embedding'] == (MAX_LEN, 16)
+  assert 'position_embed' not in shapes(GPT(**TINY, positions='rotary'))
+  bert_tied = shapes(BertEncoder(**TINY))
+  bert_untied = shapes(BertEncoder(**TINY, tie_embeddings=False))
+  assert bert_tied['mlm_bias'] == (VOCAB,) and 'lm_head' not in bert_tied
+  assert 'mlm_bias' not in bert_untied and bert_untied['lm_head']['kernel'] == (16, VOCAB)
+
+
+def test_dropout_uses_the_dropout_rng():
+  model = GPT(**TINY, dropout_rate=0.5, attention_dropout_rate=0.5)
+  tokens = _tokens()
+  params = model.init(jax.random.key(0), tokens)['params']
+  eval_a = model.apply({'params': params}, tokens)
+  np.testing.assert_array_equal(eval_a, model.apply({'params': params}, tokens))
+  train = lambda seed: model.apply({'params': params}, tokens, deterministic=False,  # noqa: E731
+                                   rngs={'dropout': jax.random.key(seed)})
+  np.testing.assert_array_equal(train(1), train(1))
+  assert not np.allclose(train(1), train(2)) and not np.allclose(train(1), eval_a)
+  with pytest.raises(Exception, match='dropout'):
+    model.apply({'params': params}, tokens, deterministic=False)
