@@ -11,7 +11,6 @@ the device, so the host sends 1 byte a pixel.
 """
 
 import dataclasses
-import os
 from typing import Iterator
 
 import jax
@@ -19,11 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sslm_jax.data import builders  # noqa: F401  (registers idx_images with tfds)
+from sslm_jax.data import tfds_utils
+from sslm_jax.data.tfds_utils import DataError, data_source, prepare
+from sslm_jax.data.tfds_utils import read_all as _read_all
 
-
-class DataError(ValueError):
-  """Data that cannot be used as asked; the message says what is wrong and what is allowed."""
+prepared_builder = tfds_utils.prepared_builder  # callers use images.prepared_builder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,53 +33,6 @@ class ImageSplit:
 
   def __len__(self) -> int:
     return len(self.images)
-
-
-def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
-  try:
-    # array_record: the random-access format `as_data_source` reads without TensorFlow.
-    return tfds.builder(name, data_dir=data_dir or None, file_format='array_record')
-  except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
-    raise DataError(f'data.name={name!r} is not a tfds dataset. Allowed: any registered tfds '
-                    f'name (e.g. mnist, fashion_mnist) or idx_images/<config> (configs: '
-                    f'fashion_mnist, mnist) for local IDX files. tfds said: '
-                    f'{str(e).splitlines()[0]}') from e
-
-
-def prepared_builder(name: str, data_dir: str = '') -> tfds.core.DatasetBuilder:
-  """The builder of an already prepared dataset; DataError (nothing prepared) otherwise."""
-  builder = _builder(name, data_dir)
-  if not builder.is_prepared():
-    raise DataError(f'{name!r} is not prepared in {builder.data_dir}; run '
-                    f'`sslm-jax data prepare --name {name} ...` first')
-  return builder
-
-
-def prepare(name: str, data_dir: str = '', manual_dir: str = '') -> tfds.core.DatasetBuilder:
-  """Downloads (stock datasets) or reads local files (manual dir) into a prepared tfds dataset."""
-  if manual_dir and not os.path.isdir(manual_dir):
-    raise DataError(f'data.manual_dir={manual_dir!r} does not exist or is not a folder; '
-                    f'allowed: a folder holding the dataset\'s local files')
-  builder = _builder(name, data_dir)
-  if not builder.is_prepared():
-    if name.startswith('idx_images') and not manual_dir:
-      raise DataError(f'{name} reads local IDX files: set data.manual_dir (Debian: '
-                      f'apt-get install dataset-fashion-mnist, then '
-                      f'--config.data.manual_dir=/usr/share/datasets/fashion-mnist)')
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
-    try:
-      builder.download_and_prepare(download_config=config)
-    except (FileNotFoundError, ValueError, OSError) as e:
-      raise DataError(f'cannot prepare {name!r}: {type(e).__name__}: {e}') from e
-  return builder
-
-
-def _read_all(source) -> list:
-  """Every record of a tfds data source; batched reads are 4x faster than one by one."""
-  try:
-    return source.__getitems__(range(len(source)))
-  except TypeError:  # tfds.testing.mock_data's source does not implement batched reads
-    return [source[i] for i in range(len(source))]
 
 
 def load_split(name: str, split: str, *, data_dir: str = '', manual_dir: str = '',
@@ -95,12 +47,7 @@ def load_split(name: str, split: str, *, data_dir: str = '', manual_dir: str = '
   if len(shape) != 3 or shape[-1] not in (1, 3):
     raise DataError(f'{name!r} feature {image_key!r} has shape {shape}; allowed: images of '
                     f'shape (height, width, 1 or 3)')
-  try:
-    source = builder.as_data_source(split=split)
-  except (KeyError, ValueError, NotImplementedError) as e:
-    raise DataError(f'split {split!r} of {name!r} cannot be read ({e}); allowed: '
-                    f'{sorted(builder.info.splits.keys())}') from e
-  examples = _read_all(source)
+  examples = _read_all(data_source(builder, name, split))
   images = np.stack([np.asarray(e[image_key], np.uint8) for e in examples])
   label_feature = features['label'] if 'label' in features else None
   has_label = isinstance(label_feature, tfds.features.ClassLabel)
