@@ -3,6 +3,7 @@
   sslm-jax train  --config configs/demo.py --workdir runs/demo [--config.train.num_epochs=30]
   sslm-jax eval   --workdir runs/demo [--step N]
   sslm-jax sample --workdir runs/demo [--step N] [--num 64] [--seed 0] [--out FILE]
+  sslm-jax sample --workdir runs/gpt --prompt 'The' [--temperature 0.8] [--top_k 40] [--top_p 1]
   sslm-jax data prepare --name idx_images/fashion_mnist --manual_dir DIR [--data_dir DIR]
   sslm-jax data info    --name idx_images/fashion_mnist [--data_dir DIR]   (a prepared dataset)
 
@@ -90,10 +91,19 @@ def cmd_sample(args, rest) -> int:
   from sslm_jax.eval import autoencoder as ae_eval
   from sslm_jax.eval import pictures
   run, params, step = _restore_params(args.workdir, args.step)
+  if hasattr(run.task, 'sample_text'):  # a language model: text to stdout
+    texts = run.task.sample_text(params, prompt=args.prompt, num=args.num or 4, seed=args.seed,
+                                 temperature=args.temperature, top_k=args.top_k,
+                                 top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                                 use_cache=not args.no_cache)
+    for i, text in enumerate(texts):
+      print(f'--- sample {i} (step {step}, seed {args.seed}) ---\n{text}')
+    return 0
   out = args.out or os.path.join(args.workdir, f'samples_step{step}_seed{args.seed}.png')
   if os.path.exists(out) and not args.overwrite:
     raise FileExistsError(f'{out} exists; pass --overwrite or another --out')
-  images = ae_eval.sample(params, args.num, jax.random.PRNGKey(args.seed), model=run.task.model)
+  images = ae_eval.sample(params, args.num or 64, jax.random.PRNGKey(args.seed),
+                          model=run.task.model)
   pictures.save_samples(out, images)
   print(out)
   return 0
@@ -121,6 +131,16 @@ def _positive_int(text: str) -> int:
   return int(text)
 
 
+def _non_negative_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    value = -1.0
+  if not value >= 0:
+    raise argparse.ArgumentTypeError(f'{text!r}: allowed: a number >= 0')
+  return value
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='sslm-jax', description=__doc__.split('\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
@@ -128,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                          add_help=False)
   train.set_defaults(func=cmd_train)
   for name, func, help_ in (('eval', cmd_eval, 'evaluate a checkpoint on the test split'),
-                            ('sample', cmd_sample, 'decode prior samples to a PNG')):
+                            ('sample', cmd_sample, 'prior samples to a PNG, or text from a GPT')):
     p = sub.add_parser(name, help=help_)
     p.add_argument('--workdir', required=True)
     p.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
@@ -136,10 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     if name == 'eval':
       p.add_argument('--split', default='', help='default: the run\'s data.eval_split')
     if name == 'sample':
-      p.add_argument('--num', type=_positive_int, default=64)
+      p.add_argument('--num', type=_positive_int, default=None,
+                     help='images (default 64) or texts (default 4)')
       p.add_argument('--seed', type=int, default=0)
-      p.add_argument('--out', default='')
+      p.add_argument('--out', default='', help='images: the PNG to write')
       p.add_argument('--overwrite', action='store_true')
+      p.add_argument('--prompt', default='', help='text: the start of every sample')
+      p.add_argument('--temperature', type=_non_negative_float, default=0.8,
+                     help='text: 0 = greedy')
+      p.add_argument('--top_k', type=int, default=40, help='text: 0 = off')
+      p.add_argument('--top_p', type=_non_negative_float, default=1.0, help='text: 1 = off')
+      p.add_argument('--max_new_tokens', type=int, default=0, help='text: 0 = up to 96')
+      p.add_argument('--no_cache', action='store_true',
+                     help='text: recompute the whole prefix each token (slow; for checking)')
   data = sub.add_parser('data', help='prepare or describe a tfds image dataset')
   data.add_argument('action', choices=('prepare', 'info'))
   data.add_argument('--name', required=True, help='e.g. idx_images/fashion_mnist, mnist')
