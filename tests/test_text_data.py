@@ -9,31 +9,9 @@ from sslm_jax.data import text
 from sslm_jax.data.builders import text_files
 from sslm_jax.data.tfds_utils import DataError
 from sslm_jax.data.tokenizer import Tokenizer, train_tokenizer
+from conftest import make_fortunes, sentences
 
 DEBIAN_FORTUNES = '/usr/share/games/fortunes'
-SYLLABLES = ['ka', 'lo', 'mi', 'ne', 'ru', 'sa', 'ti', 'vo', 'ze', 'pa', 'qui', 'dor', 'fen']
-
-
-def sentences(n, seed=0):
-  """Pseudo-English: sentences of words made of a few syllables (enough to train a tokenizer)."""
-  rng = np.random.default_rng(seed)
-  words = [''.join(rng.choice(SYLLABLES, rng.integers(1, 4))) for _ in range(300)]
-  return [' '.join(rng.choice(words, rng.integers(3, 12))).capitalize() + '.' for _ in range(n)]
-
-
-def make_fortunes(folder, per_category=(40, 25, 3)):
-  """A fortune folder like Debian's: categories, `%` blocks, empty blocks, files to ignore."""
-  os.makedirs(folder / 'off')
-  lines = iter(sentences(sum(per_category) * 2, seed=1))
-  for name, n in zip(('computers', 'love', 'zippy'), per_category):
-    cookies = [f'{next(lines)}\n\t-- {next(lines)}' for _ in range(n)]
-    (folder / name).write_text('\n%\n'.join(cookies) + '\n%\n\n%\n')  # two empty blocks
-    (folder / f'{name}.dat').write_bytes(b'\x00\x00\x00\x02binary index')
-    os.symlink(name, folder / f'{name}.u8')
-  (folder / 'off' / 'offensive').write_text('not read\n%\n')
-  return folder
-
-
 @pytest.fixture(scope='module')
 def fortunes(tmp_path_factory):
   """(builder, manual_dir) of a prepared text_files/fortunes from a generated folder."""

@@ -99,10 +99,11 @@ class LanguageTask:
     try:
       return train_tokenizer(self.texts(self.config.data.train_split), vocab_size=t.vocab_size,
                              model_path=path, model_type=t.tokenizer_type)
-    except RuntimeError as e:  # sentencepiece: e.g. "Vocabulary size too high"
-      raise DataError(f'cannot train a tokenizer with text.vocab_size={t.vocab_size} on '
-                      f'{self.config.data.name}:{self.config.data.train_split}: {e}; allowed: '
-                      f'a smaller text.vocab_size') from e
+    except DataError as e:  # e.g. a vocabulary larger than the text supports
+      raise DataError(f'text.vocab_size={t.vocab_size} / text.tokenizer_type='
+                      f'{t.tokenizer_type!r} do not fit {self.config.data.name}:'
+                      f'{self.config.data.train_split}; allowed: what sentencepiece says: '
+                      f'{e}') from e
 
   # --- the task interface (sslm_jax.tasks) ---
   def init_params(self, rng):
