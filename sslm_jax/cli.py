@@ -43,33 +43,6 @@ def _load_config(argv: list[str]):
   return config_lib.validate(config), flag_values.workdir
 
 
-def _restore_params(workdir: str, step: int | None):
-  """(run, params, step) of a checkpoint of the run in `workdir` (the newest by default)."""
-  from sslm_jax.train import checkpoint as ckpt_lib
-  from sslm_jax.train import loop
-  config = loop.saved_config(workdir)
-  if config is None:
-    raise FileNotFoundError(f'{os.path.join(workdir, "config.json")} not found: --workdir must '
-                            f'be the folder of a training run')
-  run = loop.setup(config, workdir, training=False)
-  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
-  try:
-    steps = checkpointer.steps()
-    if not steps:
-      raise ckpt_lib.CheckpointError(f'no checkpoint in {checkpointer.directory}')
-    step = steps[-1] if step is None else step
-    if step not in steps:
-      raise ckpt_lib.CheckpointError(f'--step {step} is not a checkpoint; allowed: {steps}')
-    try:
-      state = checkpointer.restore(step, run.init_state)
-    except Exception as e:  # noqa: BLE001
-      raise ckpt_lib.CheckpointError(f'checkpoint {step} in {checkpointer.directory} is '
-                                     f'unreadable: {type(e).__name__}: {e}') from e
-  finally:
-    checkpointer.close()
-  return run, state.params, step
-
-
 def cmd_train(args, rest: list[str]) -> int:
   from sslm_jax.train import loop
   config, workdir = _load_config(rest)
@@ -79,7 +52,8 @@ def cmd_train(args, rest: list[str]) -> int:
 
 
 def cmd_eval(args, rest) -> int:
-  run, params, step = _restore_params(args.workdir, args.step)
+  from sslm_jax.train import loop
+  run, params, step = loop.restore_params(args.workdir, args.step)
   split = args.split or run.config.data.eval_split
   result = {'step': step, 'split': split, **run.task.evaluate(params, split)}
   print(json.dumps(result, indent=2, sort_keys=True))
@@ -90,7 +64,8 @@ def cmd_sample(args, rest) -> int:
   import jax
   from sslm_jax.eval import autoencoder as ae_eval
   from sslm_jax.eval import pictures
-  run, params, step = _restore_params(args.workdir, args.step)
+  from sslm_jax.train import loop
+  run, params, step = loop.restore_params(args.workdir, args.step)
   if hasattr(run.task, 'sample_text'):  # a language model: text to stdout
     texts = run.task.sample_text(params, prompt=args.prompt, num=args.num or 4, seed=args.seed,
                                  temperature=args.temperature, top_k=args.top_k,

@@ -119,6 +119,32 @@ def setup(config, workdir: str, *, training: bool = True) -> Run:
   return Run(config, workdir, task, per_epoch, total, tx, state)
 
 
+def restore_params(workdir: str, step: int | None = None) -> tuple[Run, dict, int]:
+  """(run, params, step) of a checkpoint of the finished or running job in `workdir` (the newest
+  by default), for eval, sampling and fine-tuning; the run is set up without training data."""
+  config = saved_config(workdir)
+  if config is None:
+    raise FileNotFoundError(f'{os.path.join(workdir, "config.json")} not found: the workdir '
+                            f'must be the folder of a training run')
+  run = setup(config, workdir, training=False)
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  try:
+    steps = checkpointer.steps()
+    if not steps:
+      raise ckpt_lib.CheckpointError(f'no checkpoint in {checkpointer.directory}')
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise ckpt_lib.CheckpointError(f'step {step} is not a checkpoint; allowed: {steps}')
+    try:
+      state = checkpointer.restore(step, run.init_state)
+    except Exception as e:  # noqa: BLE001
+      raise ckpt_lib.CheckpointError(f'checkpoint {step} in {checkpointer.directory} is '
+                                     f'unreadable: {type(e).__name__}: {e}') from e
+  finally:
+    checkpointer.close()
+  return run, state.params, step
+
+
 def restore_or_init(run: Run, checkpointer: ckpt_lib.Checkpointer) -> TrainState:
   state, step = checkpointer.restore_latest(run.init_state)
   if state is None:
