@@ -15,12 +15,13 @@ import time
 import jax
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from sslm_jax import config as config_lib
 from sslm_jax.data.images import steps_per_epoch
 from sslm_jax.tasks import build_task
 from sslm_jax.train import checkpoint as ckpt_lib
-from sslm_jax.train import optim, step as step_lib, writers
+from sslm_jax.train import optim, parallel, step as step_lib, writers
 from sslm_jax.train.state import TrainState, create_train_state
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ RESUMABLE_CHANGES = ('optimizer.learning_rate', 'train.num_epochs', 'train.num_s
                      'train.keep_checkpoints', 'train.async_checkpoints', 'train.num_pictures',
                      'train.progress_bar', 'train.eval_batch_size', 'data.data_dir',
                      'data.manual_dir')
+# A text VAE's evaluation only: importance samples of its bound, the baseline reported beside it.
+RESUMABLE_CHANGES += ('text_vae.iw_samples', 'text_vae.eval_iw_samples',
+                      'text_vae.baseline_workdir')
 _LENGTH_KEYS = ('train.num_epochs', 'train.num_steps')
 
 
@@ -145,12 +149,52 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[Run, dict, in
   return run, state.params, step
 
 
-def restore_or_init(run: Run, checkpointer: ckpt_lib.Checkpointer) -> TrainState:
-  state, step = checkpointer.restore_latest(run.init_state)
+def device_mesh(config):
+  """The mesh of config.parallel (None for pmap), checked against the batch size."""
+  p, t = config.parallel, config.train
+  mesh = None if p.mode == 'pmap' else parallel.make_mesh(p.mesh_data, p.mesh_fsdp)
+  parallel.check_batch(t.batch_size, mesh if mesh is not None else jax.local_device_count(),
+                       t.grad_accum_steps)
+  return mesh
+
+
+def compile_step(run: Run, mesh) -> parallel.ParallelStep:
+  """The one train step, data-parallel as config.parallel says (jit over a mesh, or pmap).
+
+  The task's device transform (e.g. uint8 images -> [-1, 1] floats) runs inside the step, so the
+  host sends compact batches and every micro-batch and replica transforms its own rows.
+  """
+  c, task = run.config, run.task
+
+  def loss_fn(params, batch, rng):
+    return task.loss_fn(params, task.device_transform(batch), rng)
+
+  pmap = c.parallel.mode == 'pmap'
+  train_step = step_lib.make_train_step(loss_fn, run.tx,
+                                        grad_accum_steps=c.train.grad_accum_steps,
+                                        axis_name=parallel.AXIS if pmap else None)
+  return parallel.compile_train_step(train_step, mode=c.parallel.mode, mesh=mesh,
+                                     state_example=run.init_state)
+
+
+def restore_or_init(run: Run, checkpointer: ckpt_lib.Checkpointer,
+                    pstep: parallel.ParallelStep) -> TrainState:
+  """The newest intact checkpoint (or the initial state), laid out for `pstep`."""
+  # jit: restore straight into the step's layout (each process reads its own shards).
+  target = run.init_state if pstep.mode == 'pmap' else pstep.place_state(run.init_state)
+  state, step = checkpointer.restore_latest(target)
   if state is None:
-    return run.init_state
+    return target if pstep.mode == 'jit' else pstep.place_state(run.init_state)
   log.info('resuming from checkpoint %d in %s', step, checkpointer.directory)
-  return state
+  return state if pstep.mode == 'jit' else pstep.place_state(state)
+
+
+def eval_params(pstep: parallel.ParallelStep, state):
+  """Parameters evaluation can use on every process: across processes, gathered in full."""
+  params = pstep.unplace_state(state).params
+  if jax.process_count() > 1:
+    params = multihost_utils.process_allgather(params, tiled=True)
+  return params
 
 
 def evaluate_and_draw(run: Run, params, step: int, writer: writers.MetricWriter,
@@ -183,8 +227,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming if the workdir has checkpoints), evaluates, writes summary.json."""
   started = time.time()
   config_lib.validate(config)
+  p = config.parallel
+  parallel.initialize_distributed(p.coordinator_address, p.num_processes, p.process_id)
+  mesh = device_mesh(config)  # layout errors (batch vs devices) before any work
   check_workdir(config, workdir)
   run = setup(config, workdir)
+  pstep = compile_step(run, mesh)
   os.makedirs(workdir, exist_ok=True)
   c = config.train
   every_epoch = run.steps_per_epoch
@@ -193,8 +241,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=c.keep_checkpoints,
                                        async_save=c.async_checkpoints)
-  state = restore_or_init(run, checkpointer)
-  start_step = int(state.step)
+  state = restore_or_init(run, checkpointer, pstep)
+  start_step = int(pstep.unplace_state(state).step)
   summary_path = os.path.join(workdir, 'summary.json')
   if start_step >= run.total_steps and os.path.exists(summary_path):
     checkpointer.close()
@@ -207,9 +255,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writers.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), start_step)
   writer = writers.MetricWriter(workdir, enabled=writer_enabled)
 
-  train_step = step_lib.jit_train_step(run.task.loss_fn, run.tx)
-  prepare = jax.jit(run.task.device_transform)
   batches = run.task.train_batches(c.batch_size, config.seed, start_step)
+  rows = parallel.process_slice(c.batch_size)  # every process draws the global batch, feeds its part
   eval_splits = (config.data.eval_split,)
   final_splits = tuple(dict.fromkeys(eval_splits + ((config.data.test_split,)
                                                     if config.data.test_split else ())))
@@ -219,7 +266,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   window_start, window_steps = time.time(), 0
   try:
     for step in range(start_step, run.total_steps):
-      state, metrics = train_step(state, prepare(next(batches)))
+      host_batch = {k: v[rows] for k, v in next(batches).items()}
+      state, metrics = pstep.step(state, pstep.place_batch(host_batch))
       pending.append((step + 1, metrics))
       window_steps += 1
       bar.update(1)
@@ -237,24 +285,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bar.set_postfix(loss=f'{means["loss"]:.4f}', steps_per_s=f'{rate:.2f}')
       if done % ckpt_every == 0 or is_last:
         _check_finite(pending)  # never save a state that a non-finite loss has touched
-        checkpointer.save(done, state)
+        checkpointer.save(done, pstep.unplace_state(state))
       if done % eval_every == 0 or is_last:
         _check_finite(pending)  # nor evaluate or draw one
-        eval_metrics = evaluate_and_draw(run, state.params, done, writer,
+        eval_metrics = evaluate_and_draw(run, eval_params(pstep, state), done, writer,
                                          final_splits if is_last else eval_splits)
         bar.write(f'step {done}: ' + ', '.join(f'{k}={v:.5g}' for k, v in eval_metrics.items()))
     if eval_metrics is None:  # complete, but killed before its summary was written
-      eval_metrics = evaluate_and_draw(run, state.params, int(state.step), writer, final_splits)
+      eval_metrics = evaluate_and_draw(run, eval_params(pstep, state), start_step, writer,
+                                       final_splits)
   finally:
     bar.close()
     checkpointer.close()
     writer.close()
   summary = dict(eval_metrics)
-  summary.update(steps=int(state.step), epochs=int(state.step) / every_epoch,
+  final_step = int(pstep.unplace_state(state).step)
+  summary.update(steps=final_step, epochs=final_step / every_epoch,
                  resumed_from_step=start_step, wall_seconds=time.time() - started,
                  **run.task.describe(), dataset=config.data.name, model=config.model.name,
                  objective=config.objective.name,
-                 parameters=int(sum(x.size for x in jax.tree.leaves(state.params))))
+                 parameters=int(sum(x.size for x in jax.tree.leaves(run.init_state.params))),
+                 devices=pstep.num_devices, processes=jax.process_count(),
+                 parallel=config.parallel.mode)
   if writer_enabled:
     writers.write_json(summary_path, summary)
   return summary

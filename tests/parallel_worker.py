@@ -1,0 +1,202 @@
+"""Runs of the train step on several devices or processes, for tests/test_parallel.py.
+
+Run as a script in a fresh process, because the device count (XLA_FLAGS) and
+`jax.distributed.initialize` must come before JAX starts; the test process itself has one device.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/parallel_worker.py \
+      equivalence OUT.npz
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python tests/parallel_worker.py \
+      processes OUT.npz --process_id=I --num_processes=2 --port=P \
+      --workdir=W --phase=first|resume    # --port=0: from JAX_COORDINATOR_ADDRESS etc.
+
+Results are numpy files of losses and flat float32 parameters after each step, which the test
+compares with its own single-device run.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np
+
+GLOBAL_BATCH = 16
+STEPS = 10
+PROCESS_STEPS, SAVE_AT = 6, 3
+
+
+def batch(step: int, rows: int = GLOBAL_BATCH) -> dict:
+  """A learnable global batch of 32x32 blobs in [-1, 1], a function of the step alone."""
+  rng = np.random.default_rng(1000 + step)
+  yy, xx = np.mgrid[:32, :32]
+  centers = rng.uniform(8, 24, (rows, 2, 1, 1))
+  blob = np.exp(-((yy - centers[:, 0]) ** 2 + (xx - centers[:, 1]) ** 2) / 30.0)
+  images = 2 * blob - 1 + rng.normal(0, 0.05, blob.shape)
+  return {'image': images[..., None].astype(np.float32)}
+
+
+def init_params(model) -> dict:
+  """Parameters shaped as `model.init` makes them: kernels ~ N(0, 1 / fan_in), biases 0.
+
+  A stand-in for `model.init`, whose compilation takes about 5 s per model on these CPUs; what
+  these tests compare does not depend on how parameters start, only that every run starts alike.
+  """
+  import jax
+  import jax.numpy as jnp
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)),
+                          jax.random.PRNGKey(0))['params']
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: jnp.asarray(
+      rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape) if len(s.shape) > 1 else
+      np.zeros(s.shape), s.dtype), shapes)
+
+
+def setup(model_name: str = 'vae', dtype: str = 'float32'):
+  """(loss_fn, tx, state) of the tiny seed model of tests/conftest.py; 'ae' is the
+  deterministic autoencoder on the same encoder and decoder (no sampling)."""
+  import jax
+  from conftest import tiny_config
+  from sslm_jax.models import build_model
+  from sslm_jax.objectives import bind_loss
+  from sslm_jax.train import optim
+  from sslm_jax.train.state import create_train_state
+  config = tiny_config(**{'model.dtype': dtype})
+  if model_name == 'ae':
+    config.model.name, config.objective.name = 'ae', 'mse'
+  model = build_model(config.model)
+  tx = optim.make_optimizer(config.optimizer, total_steps=100)
+  return bind_loss(model, config.objective), tx, create_train_state(init_params(model), tx,
+                                                                    jax.random.PRNGKey(1))
+
+
+def flat(tree) -> np.ndarray:
+  import jax
+  return np.concatenate([np.asarray(x, np.float32).ravel() for x in jax.tree.leaves(tree)])
+
+
+def run(loss_fn, tx, state, *, mode='jit', mesh=None, grad_accum_steps=1, steps=STEPS):
+  """(losses, flat params after each step, final state) of `steps` steps on global batches."""
+  from sslm_jax.train import parallel
+  from sslm_jax.train.step import make_train_step
+  train_step = make_train_step(loss_fn, tx, grad_accum_steps=grad_accum_steps,
+                               axis_name=parallel.AXIS if mode == 'pmap' else None)
+  ps = parallel.compile_train_step(train_step, mode=mode, mesh=mesh, state_example=state)
+  placed = ps.place_state(state)
+  losses, params = [], []
+  for s in range(steps):
+    placed, metrics = ps.step(placed, ps.place_batch(batch(s)))
+    losses.append(float(metrics['loss']))
+    params.append(gathered_params(ps.unplace_state(placed)))
+  return np.asarray(losses), np.stack(params), placed
+
+
+def gathered_params(state) -> np.ndarray:
+  import jax
+  from jax.experimental import multihost_utils
+  if jax.process_count() > 1:
+    return flat(multihost_utils.process_allgather(state.params, tiled=True))
+  return flat(state.params)
+
+
+def equivalence(out: str) -> None:
+  """Every layout on the same global batches, plus the errors that need several devices."""
+  import jax
+  from sslm_jax.train import parallel
+  from sslm_jax.train.step import make_train_step
+  assert jax.device_count() == 4, jax.devices()
+  one = parallel.make_mesh(devices=jax.devices()[:1])
+  vae, ae = setup('vae'), setup('ae')
+  layouts = {  # the single-device reference runs in the test process
+      'vae_mesh4': (vae, dict(mesh=parallel.make_mesh())),
+      'vae_fsdp2x2': (vae, dict(mesh=parallel.make_mesh(data=2, fsdp=2))),
+      'vae_single_k4': (vae, dict(mesh=one, grad_accum_steps=4)),
+      'vae_pmap4': (vae, dict(mode='pmap')),
+      'ae_single': (ae, dict(mesh=one)),
+      'ae_single_k4': (ae, dict(mesh=one, grad_accum_steps=4)),
+      'ae_pmap4': (ae, dict(mode='pmap')),
+  }
+  results = {}
+  for name, ((loss_fn, tx, state), kwargs) in layouts.items():
+    results[f'{name}/loss'], results[f'{name}/params'], placed = run(loss_fn, tx, state,
+                                                                     **kwargs)
+    if name == 'vae_fsdp2x2':  # the largest leaves really are split along 'fsdp'
+      specs = {str(x.sharding.spec) for x in jax.tree.leaves(placed.params)}
+      results['fsdp_specs'] = np.asarray(sorted(specs))
+  # Errors: a batch pmap cannot deal to 4 devices, one jit cannot shard over them.
+  loss_fn, tx, state = vae
+  errors = []
+  for mode, rows in (('pmap', 6), ('jit', 6)):
+    step = parallel.compile_train_step(
+        make_train_step(loss_fn, tx, axis_name=parallel.AXIS if mode == 'pmap' else None),
+        mode=mode, state_example=state)
+    try:
+      step.place_batch(batch(0, rows))
+      errors.append('no error')
+    except parallel.ParallelError as e:
+      errors.append(str(e))
+  results['errors'] = np.asarray(errors)
+  np.savez(out, **results)
+
+
+def processes(out: str, process_id: int, num_processes: int, port: int, workdir: str,
+              phase: str) -> None:
+  """One of `num_processes` processes training over a mesh of all their devices.
+
+  phase 'first': PROCESS_STEPS steps, saving a checkpoint after SAVE_AT. phase 'resume': fresh
+  processes restore the newest checkpoint and run the remaining steps. `port=0`: join through
+  the environment variables instead of arguments.
+  """
+  from sslm_jax.train import parallel
+  if port:
+    parallel.initialize_distributed(f'127.0.0.1:{port}', num_processes, process_id)
+  else:  # from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
+    parallel.initialize_distributed()
+  import jax
+  from sslm_jax.train.checkpoint import Checkpointer
+  from sslm_jax.train.step import make_train_step
+  loss_fn, tx, state = setup('vae')
+  # Data across processes, parameters split across each process's own devices.
+  mesh = parallel.make_mesh(data=-1, fsdp=jax.local_device_count())
+  ps = parallel.compile_train_step(make_train_step(loss_fn, tx), mesh=mesh, state_example=state)
+  rows = parallel.process_slice(GLOBAL_BATCH)
+  checkpointer = Checkpointer(workdir)
+  placed, start = ps.place_state(state), 0
+  if phase == 'resume':
+    placed, start = checkpointer.restore_latest(placed)
+    assert start == SAVE_AT and int(placed.step) == SAVE_AT, (start, placed.step)
+  losses = []
+  for s in range(start, PROCESS_STEPS):
+    placed, metrics = ps.step(placed, ps.place_batch({k: v[rows] for k, v in batch(s).items()}))
+    losses.append(float(metrics['loss']))
+    if phase == 'first' and s + 1 == SAVE_AT:
+      checkpointer.save(SAVE_AT, ps.unplace_state(placed))
+  checkpointer.close()
+  last = gathered_params(ps.unplace_state(placed))
+  if parallel.is_primary():
+    np.savez(out, loss=np.asarray(losses), params=last, processes=jax.process_count(),
+             devices=jax.device_count())
+  print(f'process {jax.process_index()}/{jax.process_count()} ({jax.device_count()} devices, rows '
+        f'{rows.start}:{rows.stop}) {phase}: steps {start + 1}..{PROCESS_STEPS} losses '
+        f'{[round(x, 7) for x in losses]}', flush=True)
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser()
+  p.add_argument('what', choices=('equivalence', 'processes'))
+  p.add_argument('out')
+  p.add_argument('--process_id', type=int, default=0)
+  p.add_argument('--num_processes', type=int, default=1)
+  p.add_argument('--port', type=int, default=0)
+  p.add_argument('--workdir', default='')
+  p.add_argument('--phase', choices=('first', 'resume'), default='first')
+  a = p.parse_args(argv)
+  if a.what == 'equivalence':
+    equivalence(a.out)
+  else:
+    processes(a.out, a.process_id, a.num_processes, a.port, a.workdir, a.phase)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,70 @@
+"""The training loop data-parallel on 4 simulated devices: jit over a mesh and pmap, end to end.
+
+pmap over n devices computes what one device computes with grad_accum_steps=n (each replica
+draws the noise of one micro-batch), and jit over a mesh is the single-device program, so both
+are compared with single-device runs in this process, with the tolerance of test_parallel.py.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import tensorflow_datasets as tfds  # noqa: F401  (the worker imports it too)
+
+from conftest import tiny_config
+from sslm_jax import config as config_lib
+from sslm_jax.train import loop
+from test_parallel import worker_env
+
+RTOL = 1e-5
+RUNS = {'jit': {'parallel.mode': 'jit', 'train.grad_accum_steps': 1},
+        'pmap': {'parallel.mode': 'pmap', 'train.grad_accum_steps': 1}}
+
+
+def run_config(idx_dataset, **extra):
+  data_dir, manual_dir = idx_dataset
+  return tiny_config(**{'data.name': 'idx_images/mnist', 'data.data_dir': data_dir,
+                        'data.manual_dir': manual_dir, 'train.num_steps': 8,
+                        'train.checkpoint_every_steps': 4, 'train.eval_every_steps': 8,
+                        **extra})
+
+
+WORKER = '''
+import json, sys
+from sslm_jax import config as config_lib
+from sslm_jax.train import loop
+for name, (config_json, workdir) in json.loads(sys.argv[1]).items():
+  summary = loop.train_and_evaluate(config_lib.from_json(config_json), workdir)
+  print('SUMMARY', name, json.dumps(summary))
+'''
+
+
+@pytest.mark.timeout(300)
+def test_loop_on_four_devices_matches_one_device(idx_dataset, tmp_path):
+  jobs = {name: (config_lib.to_json(run_config(idx_dataset, **extra)), str(tmp_path / name))
+          for name, extra in RUNS.items()}
+  worker = subprocess.Popen([sys.executable, '-c', WORKER, json.dumps(jobs)], env=worker_env(4),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  # Meanwhile, the single-device references in this process.
+  one = loop.train_and_evaluate(run_config(idx_dataset), str(tmp_path / 'one'))
+  accum4 = loop.train_and_evaluate(run_config(idx_dataset, **{'train.grad_accum_steps': 4}),
+                                   str(tmp_path / 'accum4'))
+  try:
+    out = worker.communicate(timeout=240)[0]
+  except subprocess.TimeoutExpired:
+    worker.kill()
+    pytest.fail('the 4-device worker did not finish in 240 s: ' + worker.communicate()[0][-3000:])
+  assert worker.returncode == 0, out[-4000:]
+  four = {line.split(' ', 2)[1]: json.loads(line.split(' ', 2)[2])
+          for line in out.splitlines() if line.startswith('SUMMARY ')}
+  for name, reference in (('jit', one), ('pmap', accum4)):
+    assert four[name]['devices'] == 4 and four[name]['steps'] == 8
+    for key in ('test_mse', 'test_kl', 'test_objective'):
+      assert four[name][key] == pytest.approx(reference[key], rel=RTOL), (name, key)
+  # The checkpoints are ordinary: a single-device eval restores the 4-device runs.
+  for name in RUNS:
+    run, params, step = loop.restore_params(str(tmp_path / name))
+    assert step == 8
+    assert run.task.evaluate(params, 'test')['mse'] == pytest.approx(four[name]['test_mse'],
+                                                                    rel=RTOL)
