@@ -19,8 +19,6 @@ the compiled JAX step (about 11 GFLOP at batch 64 for the seed model's useful wo
 import argparse
 import json
 import os
-import platform
-import resource
 import sys
 import time
 
@@ -32,6 +30,8 @@ import torch
 # `python benchmarks/vae_step.py` (the documented command) puts benchmarks/ on the path, not the
 # repository root that holds the `benchmarks` package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._common import (command_line, error_text, machine, peak_rss_mb, rss_mb, summary,
+                                timed, versions)
 from benchmarks.pytorch_reference.model import VAE as TorchVAE, seed_loss
 from sslm_jax.config import base_config
 from sslm_jax.interop import flax_to_torch_state_dict
@@ -55,25 +55,6 @@ def parse_args(argv=None):
   p.add_argument('--torch_threads', type=int, default=0,
                  help="torch.set_num_threads; 0 keeps torch's default (one per core)")
   return p.parse_args(argv)
-
-
-def rss_mb() -> float:
-  """Current resident set size of this process (Linux /proc; else the peak from getrusage)."""
-  try:
-    with open('/proc/self/statm') as f:
-      return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-  except OSError:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def timed(step_fn, n: int) -> list[float]:
-  """Seconds of each of `n` calls; `step_fn` must return only once the step is complete."""
-  times = []
-  for _ in range(n):
-    start = time.perf_counter()
-    step_fn()
-    times.append(time.perf_counter() - start)
-  return times
 
 
 class JaxRunner:
@@ -132,15 +113,6 @@ class TorchRunner:
       torch.cuda.synchronize()
 
 
-def summary(times: list[float] | None, batch_size: int) -> dict:
-  if not times:
-    return {'ms': None, 'ms_p10': None, 'ms_p90': None, 'examples_per_s': None}
-  ms = np.asarray(times) * 1e3
-  median = float(np.median(ms))
-  return {'ms': median, 'ms_p10': float(np.percentile(ms, 10)),
-          'ms_p90': float(np.percentile(ms, 90)), 'examples_per_s': batch_size / median * 1e3}
-
-
 def bench_batch(batch_size: int, args) -> dict:
   rng = np.random.default_rng(batch_size)
   images = rng.uniform(-1, 1, (batch_size, 32, 32, 1)).astype(np.float32)
@@ -160,7 +132,7 @@ def bench_batch(batch_size: int, args) -> dict:
       runner = make()
       timed(runner, WARMUP_STEPS)
     except Exception as e:  # torch.compile needs a working C++ toolchain, among other things
-      errors[name] = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:300]
+      errors[name] = error_text(e)
       print(f'batch {batch_size}: {name} failed: {errors[name]}', file=sys.stderr)
       continue
     runners[name] = runner
@@ -191,23 +163,16 @@ def bench_batch(batch_size: int, args) -> dict:
 
 
 def metadata(args) -> dict:
-  import flax
-  import optax
   return {
-      'command': ' '.join(['python'] + (['-m', 'benchmarks.vae_step']
-                                        if not sys.argv[0].endswith('.py')
-                                        else [os.path.relpath(sys.argv[0])]) + sys.argv[1:]),
-      'machine': {'platform': platform.platform(), 'processor': platform.processor(),
-                  'cpu_count': os.cpu_count(), 'python': platform.python_version()},
-      'versions': {'jax': jax.__version__, 'jaxlib': jax.lib.__version__,
-                   'flax': flax.__version__, 'optax': optax.__version__,
-                   'torch': torch.__version__, 'numpy': np.__version__},
+      'command': command_line('benchmarks.vae_step'),
+      'machine': machine(),
+      'versions': versions(),
       'jax_backend': jax.default_backend(), 'jax_devices': [str(d) for d in jax.devices()],
       'torch_device': TORCH_DEVICE, 'torch_threads': torch.get_num_threads(),
       'settings': {'steps': args.steps, 'repeats': args.repeats, 'warmup_steps': WARMUP_STEPS,
                    'conv_transpose_impl': base_config().model.conv_transpose_impl,
                    'optimizer': 'adam 1e-3', 'objective': 'seed', 'data': 'uniform [-1, 1]'},
-      'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      'peak_rss_mb': peak_rss_mb(),
   }
 
 

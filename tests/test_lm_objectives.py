@@ -103,3 +103,18 @@ def test_denoising_rows_hold_noise_then_eos_then_the_original():
     it = iter(original.tolist())  # the unmasked noisy tokens are a subsequence, in order
     assert all(any(t == o for o in it) for t in kept.tolist())
     assert row[n + 1:n + 41].tolist() == original.tolist() and w.sum() == 40
+
+
+def test_token_nll_accuracy_is_argmax_equals_target_ties_included():
+  # Quantized logits make ties common: the first maximal id is the prediction, as argmax's.
+  logits = jnp.round(jax.random.normal(jax.random.key(0), (6, 40, 9)) * 1.5)
+  targets = jax.random.randint(jax.random.key(1), (6, 40), 0, 9)
+  targets = jnp.where(jnp.arange(40) % 2 == 0, jnp.argmax(logits, -1), targets)
+  nll, correct = jax.jit(lm.token_nll)(logits, targets)
+  expected = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  np.testing.assert_array_equal(correct, expected)
+  ties = jnp.sum(logits == jnp.max(logits, -1, keepdims=True), -1) > 1
+  assert bool(jnp.any(ties & (expected == 0) & (jnp.take_along_axis(
+      logits, targets[..., None], -1)[..., 0] == jnp.max(logits, -1))))  # a tie the check saw
+  np.testing.assert_allclose(nll, jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+      logits, targets[..., None], -1)[..., 0], rtol=1e-6)

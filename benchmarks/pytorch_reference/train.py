@@ -27,8 +27,7 @@ from benchmarks.pytorch_reference.model import VAE, gaussian_kl, seed_kl_term, s
 from sslm_jax.config import base_config
 from sslm_jax.data import images as image_data
 from sslm_jax.interop import flax_to_torch_state_dict, load_params_npz
-from sslm_jax.models import build_model
-from sslm_jax.train.loop import initial_params
+from sslm_jax.train import loop
 
 
 def parse_args(argv=None):
@@ -54,7 +53,7 @@ def jax_initial_params(seed: int):
   """The params an sslm_jax run of the seed model starts from for `seed`."""
   config = base_config()
   config.seed = seed
-  return initial_params(build_model(config.model), config)
+  return loop.setup(config, '', training=False).init_state.params
 
 
 def to_torch(batch_uint8: np.ndarray, prepare) -> torch.Tensor:

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from sslm_jax.models.dropout import bernoulli
+
 IMPLEMENTATIONS = (None, 'xla', 'cudnn')
 
 
@@ -157,7 +159,7 @@ def scaled_dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Ar
 
   weights = _weights(query, key, bias, _combined_mask(mask, causal, q_len, kv_len))
   if use_dropout:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    keep = bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)  # jax.random's, faster
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
   # Weights go to value's dtype for the product (as jax and Flax do), accumulated in float32.
   acc = jnp.promote_types(value.dtype, jnp.float32)

@@ -44,8 +44,16 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Arr
   logits = logits.astype(jnp.float32)
   log_z = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  return log_z - target_logit, correct
+  # argmax == target, i.e. the target holds the row's maximum and no earlier id ties with it,
+  # without XLA's (value, index) reduction of argmax: on CPU that took 5% of a GPT step
+  # (benchmarks/README.md); max is shared with logsumexp and the tie check is one cheap pass.
+  # Identical to jnp.argmax(logits, -1) == targets except on rows with a NaN (always wrong here).
+  held = jax.lax.stop_gradient(logits)
+  row_max = jnp.max(held, axis=-1)
+  ids = jax.lax.broadcasted_iota(targets.dtype, held.shape, held.ndim - 1)
+  earlier_tie = jnp.any((held == row_max[..., None]) & (ids < targets[..., None]), axis=-1)
+  correct = (jax.lax.stop_gradient(target_logit) == row_max) & ~earlier_tie
+  return log_z - target_logit, correct.astype(jnp.float32)
 
 
 def causal_lm_terms(params, batch, rng, *, model, config, vocab, train):
