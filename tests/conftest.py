@@ -84,3 +84,11 @@ def idx_dataset(tmp_path_factory):
   data_dir = str(root / 'tfds')
   images.prepare('idx_images/mnist', data_dir, str(manual))
   return data_dir, str(manual)
+
+
+@pytest.fixture(scope='session')
+def corpus(tmp_path_factory):
+  """(data_dir, manual_dir) of a generated fortunes-style folder with enough text to learn."""
+  root = tmp_path_factory.mktemp('corpus')
+  manual = make_fortunes(root / 'manual', per_category=(200, 120, 40))
+  return str(root / 'tfds'), str(manual)

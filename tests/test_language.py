@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from conftest import make_fortunes
 from sslm_jax import cli
 from sslm_jax.config import base_config
 from sslm_jax.train import loop
@@ -19,14 +18,6 @@ TINY_TEXT = {
     'train.batch_size': 16, 'train.num_steps': 40, 'train.eval_batch_size': 32,
     'train.log_every_steps': 10, 'train.eval_every_steps': 20, 'train.progress_bar': False,
 }
-
-
-@pytest.fixture(scope='session')
-def corpus(tmp_path_factory):
-  """(data_dir, manual_dir) of a generated fortunes-style folder with enough text to learn."""
-  root = tmp_path_factory.mktemp('corpus')
-  manual = make_fortunes(root / 'manual', per_category=(200, 120, 40))
-  return str(root / 'tfds'), str(manual)
 
 
 def text_config(corpus, **extra):

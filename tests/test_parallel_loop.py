@@ -3,6 +3,7 @@
 pmap over n devices computes what one device computes with grad_accum_steps=n (each replica
 draws the noise of one micro-batch), and jit over a mesh is the single-device program, so both
 are compared with single-device runs in this process, with the tolerance of test_parallel.py.
+The tiny GPT has no dropout, so both of its layouts must match one device without accumulation.
 """
 
 import json
@@ -10,11 +11,11 @@ import subprocess
 import sys
 
 import pytest
-import tensorflow_datasets as tfds  # noqa: F401  (the worker imports it too)
 
 from conftest import tiny_config
 from sslm_jax import config as config_lib
 from sslm_jax.train import loop
+from test_language import text_config
 from test_parallel import worker_env
 
 RTOL = 1e-5
@@ -40,10 +41,23 @@ for name, (config_json, workdir) in json.loads(sys.argv[1]).items():
 '''
 
 
+def gpt_config(corpus, **extra):
+  """A tiny GPT without dropout: every layout computes the same function of the same batch."""
+  return text_config(corpus, **{'train.num_steps': 8, 'train.batch_size': 16,
+                                'train.eval_every_steps': 8, 'text.num_samples': 0, **extra})
+
+
 @pytest.mark.timeout(300)
-def test_loop_on_four_devices_matches_one_device(idx_dataset, tmp_path):
+def test_loop_on_four_devices_matches_one_device(idx_dataset, corpus, tmp_path):
   jobs = {name: (config_lib.to_json(run_config(idx_dataset, **extra)), str(tmp_path / name))
           for name, extra in RUNS.items()}
+  # The single-device GPT first: it prepares the data and trains the tokenizer the others reuse.
+  gpt = loop.train_and_evaluate(gpt_config(corpus), str(tmp_path / 'gpt_one'))
+  tokenizer = str(tmp_path / 'gpt_one' / 'tokenizer.model')
+  for mode in ('jit', 'pmap'):
+    jobs[f'gpt_{mode}'] = (config_lib.to_json(gpt_config(
+        corpus, **{'parallel.mode': mode, 'text.tokenizer_path': tokenizer})),
+        str(tmp_path / f'gpt_{mode}'))
   worker = subprocess.Popen([sys.executable, '-c', WORKER, json.dumps(jobs)], env=worker_env(4),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   # Meanwhile, the single-device references in this process.
@@ -58,9 +72,12 @@ def test_loop_on_four_devices_matches_one_device(idx_dataset, tmp_path):
   assert worker.returncode == 0, out[-4000:]
   four = {line.split(' ', 2)[1]: json.loads(line.split(' ', 2)[2])
           for line in out.splitlines() if line.startswith('SUMMARY ')}
-  for name, reference in (('jit', one), ('pmap', accum4)):
+  for name, reference, keys in (('jit', one, ('test_mse', 'test_kl', 'test_objective')),
+                                ('pmap', accum4, ('test_mse', 'test_kl', 'test_objective')),
+                                ('gpt_jit', gpt, ('validation_loss', 'test_loss')),
+                                ('gpt_pmap', gpt, ('validation_loss', 'test_loss'))):
     assert four[name]['devices'] == 4 and four[name]['steps'] == 8
-    for key in ('test_mse', 'test_kl', 'test_objective'):
+    for key in keys:
       assert four[name][key] == pytest.approx(reference[key], rel=RTOL), (name, key)
   # The checkpoints are ordinary: a single-device eval restores the 4-device runs.
   for name in RUNS:
