@@ -65,3 +65,28 @@ def versions() -> dict:
 def error_text(e: Exception) -> str:
   """One line for a failed runner (torch.compile needs a working C++ toolchain, among others)."""
   return f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:300]
+
+
+def interleaved_times(makers: dict, *, warmup: int, steps: int, repeats: int, label: str):
+  """Builds each runner (skipping those that fail), warms it up, then times them interleaved.
+
+  Interleaving (`repeats` rounds of `steps` steps each) shares any background load fairly
+  between the implementations. Returns (runners, times, rss_growth_mb, errors) keyed by name.
+  """
+  runners, rss_growth, errors = {}, {}, {}
+  for name, make in makers.items():
+    before = rss_mb()
+    try:
+      runner = make()
+      timed(runner, warmup)
+    except Exception as e:  # torch.compile needs a working C++ toolchain, among other things
+      errors[name] = error_text(e)
+      print(f'{label}: {name} failed: {errors[name]}', file=sys.stderr)
+      continue
+    runners[name] = runner
+    rss_growth[name] = rss_mb() - before
+  times = {name: [] for name in runners}
+  for _ in range(repeats):
+    for name, runner in runners.items():
+      times[name] += timed(runner, steps)
+  return runners, times, rss_growth, errors

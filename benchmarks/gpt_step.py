@@ -51,7 +51,7 @@ import torch
 # repository root that holds the `benchmarks` package.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks._common import (command_line, error_text, machine, peak_rss_mb, rss_mb, summary,
+from benchmarks._common import (command_line, interleaved_times, machine, peak_rss_mb, summary,
                                 timed, versions)
 from benchmarks.pytorch_reference.gpt import GPT as TorchGPT, causal_lm_loss
 from sslm_jax.interop import flax_gpt_params_to_torch
@@ -236,7 +236,6 @@ def bench_row(index: int, spec: str, args) -> dict:
   def chosen(rows: str) -> bool:
     return rows == 'all' or str(index) in rows.split(',')
 
-  runners, rss_growth, errors = {}, {}, {}
   makers = {'jax': lambda: JaxRunner(config, tokens, params),
             'torch_eager': lambda: TorchRunner(config, tokens, params_np, compile_model=False)}
   if chosen(args.single_thread_rows):
@@ -244,22 +243,8 @@ def bench_row(index: int, spec: str, args) -> dict:
                                                         compile_model=False, threads=1)
   if not args.no_compile and chosen(args.compile_rows):
     makers['torch_compile'] = lambda: TorchRunner(config, tokens, params_np, compile_model=True)
-  for name, make in makers.items():
-    before = rss_mb()
-    try:
-      runner = make()
-      timed(runner, WARMUP_STEPS)
-    except Exception as e:  # torch.compile needs a working C++ toolchain, among other things
-      errors[name] = error_text(e)
-      print(f'row {spec}: {name} failed: {errors[name]}', file=sys.stderr)
-      continue
-    runners[name] = runner
-    rss_growth[name] = rss_mb() - before
-
-  times = {name: [] for name in runners}
-  for _ in range(args.repeats):
-    for name, runner in runners.items():
-      times[name] += timed(runner, args.steps)
+  runners, times, rss_growth, errors = interleaved_times(
+      makers, warmup=WARMUP_STEPS, steps=args.steps, repeats=args.repeats, label=f'row {spec}')
 
   m = config.model
   tokens_per_step = batch * seq

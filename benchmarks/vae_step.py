@@ -30,8 +30,8 @@ import torch
 # `python benchmarks/vae_step.py` (the documented command) puts benchmarks/ on the path, not the
 # repository root that holds the `benchmarks` package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._common import (command_line, error_text, machine, peak_rss_mb, rss_mb, summary,
-                                timed, versions)
+from benchmarks._common import (command_line, interleaved_times, machine, peak_rss_mb, summary,
+                                versions)
 from benchmarks.pytorch_reference.model import VAE as TorchVAE, seed_loss
 from sslm_jax.config import base_config
 from sslm_jax.interop import flax_to_torch_state_dict
@@ -121,27 +121,12 @@ def bench_batch(batch_size: int, args) -> dict:
                                jax.random.PRNGKey(0))['params']
   params_np = jax.tree.map(np.array, params)  # copies: the JAX step donates its buffers
 
-  runners, rss_growth, errors = {}, {}, {}
   makers = {'jax': lambda: JaxRunner(images, params),
             'torch_eager': lambda: TorchRunner(images, params_np, compile_model=False)}
   if not args.no_compile:
     makers['torch_compile'] = lambda: TorchRunner(images, params_np, compile_model=True)
-  for name, make in makers.items():
-    before = rss_mb()
-    try:
-      runner = make()
-      timed(runner, WARMUP_STEPS)
-    except Exception as e:  # torch.compile needs a working C++ toolchain, among other things
-      errors[name] = error_text(e)
-      print(f'batch {batch_size}: {name} failed: {errors[name]}', file=sys.stderr)
-      continue
-    runners[name] = runner
-    rss_growth[name] = rss_mb() - before
-
-  times = {name: [] for name in runners}
-  for _ in range(args.repeats):
-    for name, runner in runners.items():
-      times[name] += timed(runner, args.steps)
+  runners, times, rss_growth, errors = interleaved_times(
+      makers, warmup=WARMUP_STEPS, steps=args.steps, repeats=args.repeats, label=f'batch {batch_size}')
 
   jax_runner = runners['jax']
   row = {'batch_size': batch_size}
