@@ -1,9 +1,11 @@
-"""`sslm-jax train | eval | sample | data`: parse, load the config, call the library.
+"""`sslm-jax train | eval | sample | data | pipeline`: parse, load the config, call the library.
 
   sslm-jax train  --config configs/demo.py --workdir runs/demo [--config.train.num_epochs=30]
+  sslm-jax pipeline --config configs/pipeline_fortunes.py [--workdir runs/pipeline_fortunes]
   sslm-jax eval   --workdir runs/demo [--step N]
   sslm-jax sample --workdir runs/demo [--step N] [--num 64] [--seed 0] [--out FILE]
   sslm-jax sample --workdir runs/gpt --prompt 'The' [--temperature 0.8] [--top_k 40] [--top_p 1]
+  sslm-jax interpolate --workdir runs/text_vae --a 'One sentence.' --b 'Another.' [--steps 5]
   sslm-jax data prepare --name idx_images/fashion_mnist --manual_dir DIR [--data_dir DIR]
   sslm-jax data info    --name idx_images/fashion_mnist [--data_dir DIR]   (a prepared dataset)
 
@@ -20,9 +22,10 @@ import sys
 USAGE_ERROR, RUN_ERROR = 2, 1
 
 
-def _load_config(argv: list[str]):
+def _load_config(argv: list[str], command: str = 'train'):
   """--config FILE plus --config.key=value overrides, as ml_collections' config_flags parses
-  them (types checked against the file's values), then validated."""
+  them (types checked against the file's values), then validated: (config, workdir). A
+  pipeline's workdir defaults to runs/<config file name>."""
   from absl import flags
   from ml_collections import config_flags
   from sslm_jax import config as config_lib
@@ -38,6 +41,17 @@ def _load_config(argv: list[str]):
       config.to_dict()  # a config file that failed to load raises on first access
   except Exception as e:  # noqa: BLE001
     raise config_lib.ConfigError(f'{type(e).__name__}: {e}') from e
+  if command == 'pipeline':
+    if config is None:
+      raise config_lib.ConfigError('pipeline needs --config FILE (e.g. '
+                                   'configs/pipeline_fortunes.py)')
+    path = config_flags.get_config_filename(flag_values['config'])
+    if 'pretrain' not in config:
+      raise config_lib.ConfigError(f'{path} is not a pipeline config; allowed: one built on '
+                                   f'sslm_jax.config.pipeline_config() (configs/pipeline_*.py)')
+    workdir = flag_values.workdir or os.path.join(
+        'runs', os.path.splitext(os.path.basename(path))[0])
+    return config_lib.validate_pipeline(config), workdir
   if config is None or flag_values.workdir is None:
     raise config_lib.ConfigError('train needs --config FILE and --workdir DIR')
   return config_lib.validate(config), flag_values.workdir
@@ -48,6 +62,16 @@ def cmd_train(args, rest: list[str]) -> int:
   config, workdir = _load_config(rest)
   summary = loop.train_and_evaluate(config, workdir)
   print(json.dumps(summary, indent=2, sort_keys=True))
+  return 0
+
+
+def cmd_pipeline(args, rest: list[str]) -> int:
+  from sslm_jax import pipeline
+  config, workdir = _load_config(rest, command='pipeline')
+  report = pipeline.run_pipeline(config, workdir,
+                                 command=' '.join(['sslm-jax', args.command, *rest]))
+  print(json.dumps(report['tasks'], indent=2, sort_keys=True))
+  print(f'report: {os.path.join(workdir, "report.md")}')
   return 0
 
 
@@ -84,6 +108,24 @@ def cmd_sample(args, rest) -> int:
   return 0
 
 
+def cmd_interpolate(args, rest) -> int:
+  """A text VAE's reconstructions of --a and --b and the homotopy between their means."""
+  from sslm_jax.data.images import DataError
+  from sslm_jax.train import loop
+  run, params, step = loop.restore_params(args.workdir, args.step)
+  if not hasattr(run.task, 'homotopy'):
+    raise DataError(f'interpolate needs a text_vae run; {args.workdir!r} is model.name='
+                    f'{run.config.model.name!r}')
+  recon_a, recon_b = run.task.reconstruct(params, [args.a, args.b])
+  _, texts = run.task.homotopy(params, args.a, args.b, steps=args.steps)
+  print(f'--- step {step}: reconstructions (greedy from the posterior mean) ---')
+  print(f'a: {args.a}\n=> {recon_a}\nb: {args.b}\n=> {recon_b}')
+  print(f'--- homotopy, {args.steps} points from mean(a) to mean(b) ---')
+  for i, text in enumerate(texts):
+    print(f'{i / (args.steps - 1):.2f}: {text}')
+  return 0
+
+
 def cmd_data(args, rest) -> int:
   from sslm_jax.data import images as image_data
   if args.action == 'prepare':
@@ -106,6 +148,12 @@ def _positive_int(text: str) -> int:
   return int(text)
 
 
+def _at_least_two(text: str) -> int:
+  if not text.isdigit() or int(text) < 2:
+    raise argparse.ArgumentTypeError(f'{text!r}: allowed: an integer >= 2')
+  return int(text)
+
+
 def _non_negative_float(text: str) -> float:
   try:
     value = float(text)
@@ -122,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
   train = sub.add_parser('train', help='train (or resume) a run; --config FILE --workdir DIR',
                          add_help=False)
   train.set_defaults(func=cmd_train)
+  pipe = sub.add_parser('pipeline', add_help=False,
+                        help='pretrain, fine-tune, compare with baselines, report; --config FILE '
+                             '[--workdir DIR, default runs/<config name>]')
+  pipe.set_defaults(func=cmd_pipeline)
   for name, func, help_ in (('eval', cmd_eval, 'evaluate a checkpoint on the test split'),
                             ('sample', cmd_sample, 'prior samples to a PNG, or text from a GPT')):
     p = sub.add_parser(name, help=help_)
@@ -144,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
       p.add_argument('--max_new_tokens', type=int, default=0, help='text: 0 = up to 96')
       p.add_argument('--no_cache', action='store_true',
                      help='text: recompute the whole prefix each token (slow; for checking)')
+  inter = sub.add_parser('interpolate', help='text VAE: reconstruct two sentences and decode '
+                                              'points between their latent means')
+  inter.add_argument('--workdir', required=True)
+  inter.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
+  inter.add_argument('--a', required=True, help='the first sentence')
+  inter.add_argument('--b', required=True, help='the second sentence')
+  inter.add_argument('--steps', type=_at_least_two, default=5,
+                     help='points on the line, both ends included (>= 2)')
+  inter.set_defaults(func=cmd_interpolate)
   data = sub.add_parser('data', help='prepare or describe a tfds image dataset')
   data.add_argument('action', choices=('prepare', 'info'))
   data.add_argument('--name', required=True, help='e.g. idx_images/fashion_mnist, mnist')
@@ -161,17 +222,18 @@ def main(argv: list[str] | None = None) -> int:
   for noisy in ('jax._src', 'orbax', 'tensorflow_datasets'):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   args, rest = build_parser().parse_known_args(argv)
-  if rest and args.command != 'train':
+  if rest and args.command not in ('train', 'pipeline'):
     print(f'sslm-jax {args.command}: unknown arguments {rest}', file=sys.stderr)
     return USAGE_ERROR
   from sslm_jax.config import ConfigError
   from sslm_jax.data.images import DataError
   from sslm_jax.train.checkpoint import CheckpointError
   from sslm_jax.train.loop import NonFiniteLossError, WorkdirError
+  from sslm_jax.train.parallel import ParallelError
   try:
     return args.func(args, rest)
-  except (ConfigError, DataError, WorkdirError, CheckpointError, FileNotFoundError,
-          FileExistsError, NonFiniteLossError) as e:
+  except (ConfigError, DataError, WorkdirError, CheckpointError, ParallelError,
+          FileNotFoundError, FileExistsError, NonFiniteLossError) as e:
     print(f'sslm-jax {args.command}: error: {e}', file=sys.stderr)
     return RUN_ERROR if isinstance(e, NonFiniteLossError) else USAGE_ERROR
 

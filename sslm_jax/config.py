@@ -5,16 +5,30 @@ error, not a new key) and change what their experiment needs. `validate` names t
 and what is allowed for every problem it finds, all at once.
 """
 
+import copy
+import importlib.util
 import json
+import os
 from typing import Any
 
 import ml_collections
 
 IMAGE_MODELS = ('vae', 'ae')
-TEXT_MODELS = ('gpt', 'bert')
+TEXT_MODELS = ('gpt', 'bert', 'text_vae')
 MODELS = IMAGE_MODELS + TEXT_MODELS
-OBJECTIVES_FOR_MODEL = {'vae': ('seed', 'elbo'), 'ae': ('mse',), 'gpt': ('causal_lm', 'denoising'),
-                        'bert': ('mlm',)}
+OBJECTIVES_FOR_MODEL = {'vae': ('seed', 'elbo', 'classification'),
+                        'ae': ('mse', 'classification'),
+                        'gpt': ('causal_lm', 'denoising', 'classification'),
+                        'bert': ('mlm', 'classification'),
+                        'text_vae': ('text_vae', 'classification')}
+POOLINGS_FOR_MODEL = {'gpt': ('mean', 'last'), 'bert': ('mean', 'cls', 'last'),
+                      'vae': ('mean',), 'ae': ('mean',),  # images: the encoder's posterior mean
+                      'text_vae': ('mean',)}  # the sentence's posterior mean
+TEXT_ENCODERS = ('transformer', 'gru')  # text_vae: sslm_jax/models/text_vae.py
+LATENT_CONDITIONINGS = ('embedding', 'prefix', 'both', 'none')
+KL_SCHEDULES = ('constant', 'linear', 'logistic', 'cyclical')
+LONG_DOCUMENTS = ('drop', 'truncate')
+CLASS_WEIGHTS = ('none', 'balanced')
 POSITIONS = ('learned', 'rotary')
 TOKENIZER_TYPES = ('unigram', 'bpe')
 NORMALIZATIONS = ('NFKC', 'NFC', 'NFKD', 'NFD', '')
@@ -57,6 +71,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention_dropout_rate = 0.0
   c.model.positions = 'learned'
   c.model.tie_embeddings = True
+  # text_vae: the Transformer keys above size the decoder (and the encoder's width), latent_dim
+  # the posterior (sslm_jax/models/text_vae.py).
+  c.model.encoder_type = 'transformer'  # or 'gru' (bidirectional, embed_dim units a direction)
+  c.model.encoder_layers = 2
+  c.model.latent_conditioning = 'both'  # z added to every input embedding and/or as a prefix
+  c.model.latent_prefix_len = 1         # prefix vectors ('prefix', 'both')
 
   c.objective = ml_collections.ConfigDict()
   c.objective.name = 'seed'          # seed: MSE + kl_weight * mean(mu^2 + var - 1 - logvar)
@@ -68,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective.mask_token_fraction = 0.8    # mlm: chosen tokens that become [MASK]
   c.objective.random_token_fraction = 0.1  # mlm: chosen tokens that become a random token
   c.objective.deletion_rate = 0.1    # denoising: noisy tokens deleted
+  c.objective.class_weights = 'none'  # classification: 'balanced' = n / (classes * class count)
+  c.objective.label_smoothing = 0.0  # classification
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'fashion_mnist'      # any tfds image dataset; idx_images/<name> for local files
@@ -78,6 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.test_split = ''             # also evaluated at the end when set (e.g. eval on validation)
   c.data.image_key = 'image'
   c.data.text_key = 'text'
+  c.data.label_key = 'label'         # classification: a ClassLabel feature
+  c.data.validation_fraction = 0.0   # classification: > 0 carves data.eval_split out of
+  c.data.split_seed = 0              # data.train_split, stratified by class, with this seed
 
   c.text = ml_collections.ConfigDict()  # text runs: cleaning, tokenizer, sequence layout
   c.text.seq_len = 128
@@ -102,6 +127,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 1e-4    # adamw only
   c.optimizer.momentum = 0.9         # sgd only; 0 = plain SGD
   c.optimizer.grad_clip_norm = 0.0   # 0 = no clipping
+  # classification: the encoder's learning rate is learning_rate * this; 0 = linear probe
+  # (encoder frozen: no updates, no gradients, no dropout)
+  c.optimizer.encoder_learning_rate_multiplier = 1.0
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64
@@ -116,6 +144,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.num_pictures = 64
   c.train.progress_bar = True
   c.train.grad_accum_steps = 1       # micro-batches a step; batch_size is the whole step's
+
+  c.classifier = ml_collections.ConfigDict()  # objective 'classification': a head on the encoder
+  c.classifier.init_from = ''        # workdir of a pretraining run of this model ('' = scratch)
+  c.classifier.init_step = 0         # its checkpoint (0 = the newest)
+  c.classifier.pooling = 'mean'      # text: 'mean', 'last', 'cls' (bert); images: the mean code
+  c.classifier.dropout_rate = 0.0    # on the pooled features
+
+  # Sentence VAE (model 'text_vae', objective 'text_vae'): remedies against posterior collapse,
+  # evaluation and the causal-LM baseline (sslm_jax/objectives/text_vae.py, tasks/text_vae.py).
+  c.text_vae = ml_collections.ConfigDict()
+  c.text_vae.kl_schedule = 'constant'  # KL weight: 'constant' 1, or 0 -> 1 'linear', 'logistic',
+  c.text_vae.kl_warmup_steps = 0     # 'cyclical' over this many steps (1 from then on)
+  c.text_vae.kl_cycles = 1           # cyclical: ramps within kl_warmup_steps
+  c.text_vae.kl_cycle_ratio = 0.5    # cyclical: the fraction of a cycle spent ramping up
+  c.text_vae.word_dropout = 0.0      # decoder input tokens replaced by [MASK]
+  c.text_vae.free_bits = 0.0         # nats a latent dimension may use for free (batch mean)
+  c.text_vae.target_kl = 0.0         # or: nats a sentence may use for free (batch mean)
+  c.text_vae.autoencoder = False     # z = posterior mean, no KL: trains an encoder warm start
+  c.text_vae.encoder_init_from = ''  # workdir of a text_vae run whose encoder this one starts from
+  c.text_vae.long_documents = 'drop'  # documents over text.seq_len tokens: 'drop' or 'truncate'
+  c.text_vae.iw_samples = 100        # importance samples for the bound on data.test_split
+  c.text_vae.eval_iw_samples = 10    # ... on the other splits evaluated
+  c.text_vae.baseline_workdir = ''   # a causal LM run evaluated on the same sentences (lm_nll)
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = 'jit'            # jit over a device mesh, or pmap (maintenance mode in JAX)
@@ -150,6 +201,14 @@ def _all_floats(*values) -> bool:
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Raises ConfigError listing every problem; returns the config when it is usable."""
+  found = problems(config)
+  if found:
+    raise ConfigError('invalid config:\n  ' + '\n  '.join(found))
+  return config
+
+
+def problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Every problem of a run config, one message each (empty when it is usable)."""
   problems = []
   reference = _flatten(base_config().to_dict())
   given = _flatten(config.to_dict())
@@ -279,9 +338,76 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
           f'0 .. parallel.num_processes - 1 = {p.num_processes - 1}')
     check(p.num_processes == 1 or bool(p.coordinator_address), 'parallel.coordinator_address',
           "'host:port' of process 0 when parallel.num_processes > 1")
-  if problems:
-    raise ConfigError('invalid config:\n  ' + '\n  '.join(problems))
-  return config
+
+  # Classification (objective 'classification'): a head on the model's encoder.
+  cl = config.classifier
+  check(isinstance(d.label_key, str) and bool(d.label_key), 'data.label_key', 'a non-empty string')
+  vf = d.validation_fraction
+  check(isinstance(vf, float) and 0 <= vf < 1, 'data.validation_fraction',
+        'a float in [0, 1) (0 = data.eval_split is a split of the dataset)')
+  positive_int('data.split_seed', minimum=0)
+  if isinstance(vf, float) and vf > 0:
+    check(d.eval_split != d.train_split, 'data.eval_split',
+          f'a name other than data.train_split={d.train_split!r} for the split carved out of it')
+    check(d.test_split not in (d.train_split, d.eval_split), 'data.test_split',
+          'a split other than the training split and the one carved out of it')
+  choice('objective.class_weights', CLASS_WEIGHTS)
+  check(isinstance(o.label_smoothing, float) and 0 <= o.label_smoothing < 1,
+        'objective.label_smoothing', 'a float in [0, 1)')
+  multiplier = opt.encoder_learning_rate_multiplier
+  check(isinstance(multiplier, float) and multiplier >= 0,
+        'optimizer.encoder_learning_rate_multiplier', 'a float >= 0 (0 = frozen encoder)')
+  check(multiplier == 1.0 or o.name == 'classification',
+        'optimizer.encoder_learning_rate_multiplier',
+        "1.0 unless objective.name='classification' (only a classifier has an encoder/head split)")
+  check(isinstance(cl.init_from, str), 'classifier.init_from',
+        "the workdir of a pretraining run, or '' to start from scratch")
+  check(not cl.init_from or o.name == 'classification', 'classifier.init_from',
+        "'' unless objective.name='classification'")
+  positive_int('classifier.init_step', minimum=0)
+  pooling_allowed = POOLINGS_FOR_MODEL.get(m.name, ())
+  check(cl.pooling in pooling_allowed, 'classifier.pooling',
+        f'{", ".join(map(repr, pooling_allowed))} for model {m.name!r}' +
+        (" ('cls' reads the first position, which a causal model sees alone)"
+         if m.name == 'gpt' else ''))
+  check(isinstance(cl.dropout_rate, float) and 0 <= cl.dropout_rate < 1,
+        'classifier.dropout_rate', 'a float in [0, 1)')
+  _check_text_vae(config, given, check, choice, positive_int)
+  return problems
+
+
+def _check_text_vae(config, given, check, choice, positive_int) -> None:
+  """The text_vae keys' checks, reported through `problems`' own check functions."""
+  m, tv = config.model, config.text_vae
+  choice('model.encoder_type', TEXT_ENCODERS)
+  positive_int('model.encoder_layers')
+  choice('model.latent_conditioning', LATENT_CONDITIONINGS)
+  positive_int('model.latent_prefix_len')
+  choice('text_vae.kl_schedule', KL_SCHEDULES)
+  positive_int('text_vae.kl_warmup_steps', minimum=0)
+  check(tv.kl_schedule == 'constant' or (_all_ints(tv.kl_warmup_steps) and
+                                         tv.kl_warmup_steps > 0), 'text_vae.kl_warmup_steps',
+        f'an integer > 0 with text_vae.kl_schedule={tv.kl_schedule!r}')
+  positive_int('text_vae.kl_cycles')
+  check(isinstance(tv.kl_cycle_ratio, float) and 0 < tv.kl_cycle_ratio <= 1,
+        'text_vae.kl_cycle_ratio', 'a float in (0, 1]')
+  check(isinstance(tv.word_dropout, float) and 0 <= tv.word_dropout <= 1, 'text_vae.word_dropout',
+        'a float in [0, 1]')
+  for key in ('text_vae.free_bits', 'text_vae.target_kl'):
+    check(isinstance(given.get(key), float) and given.get(key) >= 0, key, 'a float >= 0 (0 = off)')
+  check(not (tv.free_bits and tv.target_kl), 'text_vae.target_kl',
+        '0.0 when text_vae.free_bits > 0 (one threshold: per dimension or per sentence)')
+  check(isinstance(tv.autoencoder, bool), 'text_vae.autoencoder', 'True or False')
+  for key in ('text_vae.encoder_init_from', 'text_vae.baseline_workdir'):
+    check(isinstance(given.get(key), str), key, "the workdir of a run, or '' for none")
+  choice('text_vae.long_documents', LONG_DOCUMENTS)
+  positive_int('text_vae.iw_samples')
+  positive_int('text_vae.eval_iw_samples')
+  if m.name == 'text_vae':
+    no_latent = m.latent_conditioning == 'none'
+    check(not (no_latent and (tv.autoencoder or tv.encoder_init_from)),
+          'model.latent_conditioning', "'embedding', 'prefix' or 'both' with "
+          'text_vae.autoencoder or text_vae.encoder_init_from (they need an encoder)')
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
@@ -304,3 +430,182 @@ def differences(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> d
   """{key: (a value, b value)} for the flattened keys where the two configs differ."""
   fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
   return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+
+
+# --- pipelines: pretrain, fine-tune, compare (sslm_jax/pipeline.py) ---
+
+REGIMES = ('full', 'linear_probe')
+BASELINES = ('auto', 'none')  # auto: TF-IDF + LinearSVC for text, logistic regression on pixels
+# Keys of the pretraining run config that a pipeline's `finetune` section overrides; optimizer
+# and train are whole sections (fine-tuning has its own schedule).
+FINETUNE_OVERRIDES = {
+    'data': ('label_key', 'train_split', 'eval_split', 'test_split', 'validation_fraction',
+             'split_seed'),
+    'text': ('seq_len',),
+    'objective': ('class_weights', 'label_smoothing'),
+    'classifier': ('pooling', 'dropout_rate'),
+}
+
+
+def pipeline_config() -> ml_collections.ConfigDict:
+  """A pipeline: a self-supervised run (`pretrain`, any run config), then classifiers on its
+  encoder (`finetune`) beside the same model from scratch and a classical baseline.
+
+  Fine-tuning reads the labels of the dataset pretraining read (`pretrain.data`); its run
+  config is the pretraining config with `objective.name='classification'`, the keys of
+  FINETUNE_OVERRIDES taken from `finetune.<section>`, and `finetune.optimizer` / `finetune.train`
+  as its optimizer and train sections.
+  """
+  c = ml_collections.ConfigDict()
+  c.name = 'classification'          # the task's name in report.json
+  c.pretrain = base_config()
+  base = base_config()
+  f = c.finetune = ml_collections.ConfigDict()
+  f.regimes = ('full',)              # of the pretrained encoder; the first is the report's
+  f.scratch = True                   # also train the same model from scratch, same budget
+  f.linear_probe_learning_rate = 0.0  # the head-only run's (0 = finetune.optimizer's): a
+                                      # linear model usually wants a larger one
+  for section, keys in FINETUNE_OVERRIDES.items():
+    f[section] = ml_collections.ConfigDict({k: base[section][k] for k in keys})
+  f.data.eval_split = 'validation'   # model selection: the checkpoint best on it
+  f.data.test_split = 'test'         # evaluated once, on the selected checkpoint
+  f.optimizer = base.optimizer
+  f.optimizer.encoder_learning_rate_multiplier = 1.0
+  f.train = base.train
+  f.train.num_epochs = 5
+  f.train.keep_checkpoints = 5       # every epoch's, so model selection may restore any
+  b = c.baseline = ml_collections.ConfigDict()
+  b.name = 'auto'                    # 'auto' (needs scikit-learn) or 'none'
+  b.c_values = (0.1, 0.3, 1.0, 3.0)  # inverse regularization strengths, chosen on validation
+  b.max_iter = 200                   # logistic regression iterations (images)
+  b.ngram_max = 2                    # TF-IDF word n-grams 1..ngram_max (text)
+  c.lock()
+  return c
+
+
+PRETRAIN_RUN = 'pretrain'
+SCRATCH_RUN = 'finetune_scratch'
+
+
+def finetune_run_name(regime: str) -> str:
+  return 'finetune_pretrained' if regime == 'full' else f'finetune_pretrained_{regime}'
+
+
+def finetune_run_config(config: ml_collections.ConfigDict, *, init_from: str,
+                        regime: str) -> ml_collections.ConfigDict:
+  """The classification run config a pipeline derives (init_from '' = from scratch)."""
+  run = copy.deepcopy(config.pretrain)
+  f = config.finetune
+  run.objective.name = 'classification'
+  for section, keys in FINETUNE_OVERRIDES.items():
+    for key in keys:
+      run[section][key] = f[section][key]
+  run.optimizer = copy.deepcopy(f.optimizer)
+  run.train = copy.deepcopy(f.train)
+  run.data.test_split = ''  # the pipeline evaluates test once, after selecting on validation
+  run.classifier.init_from = init_from
+  run.text.num_samples = 0
+  if config.pretrain.model.name in TEXT_MODELS and init_from:
+    # The pretraining run's tokenizer (trained on its unlabelled training text).
+    run.text.tokenizer_path = os.path.join(init_from, 'tokenizer.model')
+  if regime == 'linear_probe':
+    run.optimizer.encoder_learning_rate_multiplier = 0.0
+    run.optimizer.learning_rate = f.linear_probe_learning_rate or run.optimizer.learning_rate
+  return run
+
+
+def pipeline_runs(config: ml_collections.ConfigDict, workdir: str, regimes=None) -> dict:
+  """{run folder name: run config} of every training run of a pipeline, in order (`regimes`:
+  instead of config.finetune.regimes)."""
+  pretrain_dir = os.path.join(workdir, PRETRAIN_RUN)
+  runs = {PRETRAIN_RUN: config.pretrain}
+  for regime in config.finetune.regimes if regimes is None else regimes:
+    runs[finetune_run_name(regime)] = finetune_run_config(config, init_from=pretrain_dir,
+                                                          regime=regime)
+  if config.finetune.scratch:
+    scratch = finetune_run_config(config, init_from='', regime='full')
+    scratch.optimizer.encoder_learning_rate_multiplier = 1.0  # nothing to preserve
+    if config.pretrain.model.name in TEXT_MODELS:  # the same tokenizer: only weights differ
+      scratch.text.tokenizer_path = os.path.join(pretrain_dir, 'tokenizer.model')
+    runs[SCRATCH_RUN] = scratch
+  return runs
+
+
+def _installed(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):  # e.g. sys.modules[module] is None
+    return False
+
+
+def _finetune_problem(problem: str, run_name: str) -> str:
+  """A derived run's problem, named by the pipeline key that set the value when there is one."""
+  key = problem.split('=', 1)[0]
+  section, _, name = key.partition('.')
+  if section in ('optimizer', 'train') or name in FINETUNE_OVERRIDES.get(section, ()):
+    return f'finetune.{problem}'
+  return f'{problem} (in the {run_name} run the pipeline derives)'
+
+
+def validate_pipeline(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Raises ConfigError listing every problem of a pipeline config and the runs it derives."""
+  found = []
+  reference = _flatten(pipeline_config().to_dict())
+  given = _flatten(config.to_dict())
+  outside_runs = [k for k in set(reference) | set(given)
+                  if not k.startswith(('pretrain.', 'finetune.optimizer.', 'finetune.train.'))]
+  for key in sorted(set(outside_runs) - set(reference)):
+    found.append(f'unknown key {key!r}')
+  for key in sorted(set(outside_runs) & set(reference) - set(given)):
+    found.append(f'missing key {key!r}')
+  if found:
+    raise ConfigError('invalid pipeline config:\n  ' + '\n  '.join(found))
+
+  def check(ok: bool, key: str, allowed: str):
+    if not ok:
+      found.append(f'{key}={given.get(key)!r} is invalid; allowed: {allowed}')
+
+  check(isinstance(config.name, str) and bool(config.name), 'name', 'a non-empty string')
+  regimes = config.finetune.regimes
+  check(isinstance(regimes, (tuple, list)) and 0 < len(regimes) == len(set(regimes)) and
+        set(regimes) <= set(REGIMES), 'finetune.regimes',
+        f'a non-empty tuple of distinct regimes from {REGIMES}')
+  check(isinstance(config.finetune.scratch, bool), 'finetune.scratch', 'True or False')
+  lp = config.finetune.linear_probe_learning_rate
+  check(isinstance(lp, float) and lp >= 0, 'finetune.linear_probe_learning_rate',
+        "a float > 0, or 0 for finetune.optimizer.learning_rate")
+  check(isinstance(config.finetune.data.test_split, str) and bool(config.finetune.data.test_split),
+        'finetune.data.test_split', 'the split the pipeline reports (a non-empty name)')
+  t = config.finetune.train
+  # Model selection restores the evaluated checkpoint with the best validation macro-F1.
+  check(t.eval_every_steps == t.checkpoint_every_steps, 'finetune.train.eval_every_steps',
+        f'finetune.train.checkpoint_every_steps={t.checkpoint_every_steps!r} (model selection '
+        f'restores the checkpoints that were evaluated)')
+  if _all_ints(t.num_epochs, t.num_steps, t.keep_checkpoints, t.eval_every_steps) and \
+      t.num_steps == 0 and t.eval_every_steps == 0:
+    check(t.keep_checkpoints >= t.num_epochs, 'finetune.train.keep_checkpoints',
+          f'>= finetune.train.num_epochs={t.num_epochs}, so model selection may restore any '
+          f'evaluated epoch')
+  b = config.baseline
+  check(b.name in BASELINES, 'baseline.name', ', '.join(map(repr, BASELINES)))
+  check(isinstance(b.c_values, (tuple, list)) and len(b.c_values) > 0 and
+        all(isinstance(v, float) and v > 0 for v in b.c_values), 'baseline.c_values',
+        'a non-empty tuple of floats > 0')
+  for key in ('baseline.max_iter', 'baseline.ngram_max'):
+    check(_all_ints(given.get(key)) and given.get(key) >= 1, key, 'an integer >= 1')
+  if b.name != 'none' and not _installed('sklearn'):
+    found.append("baseline.name='auto' needs scikit-learn, which is not installed; allowed: "
+                 "pip install 'sslm-jax[baselines]', or baseline.name='none'")
+  pretrain_problems = problems(config.pretrain)
+  found += [f'pretrain.{p}' for p in pretrain_problems]
+  if config.pretrain.objective.name == 'classification':
+    found.append("pretrain.objective.name='classification' is invalid; allowed: a "
+                 "self-supervised objective of the model (the pipeline adds the classifier)")
+  # The runs it derives, also when some regimes are unknown (their names are reported above).
+  known = [r for r in regimes if r in REGIMES] if isinstance(regimes, (tuple, list)) else []
+  for name, run in pipeline_runs(config, '/workdir', regimes=known or ['full']).items():
+    if name != PRETRAIN_RUN:  # what the finetune section brings; pretrain's are named above
+      found += [_finetune_problem(p, name) for p in problems(run) if p not in pretrain_problems]
+  if found:
+    raise ConfigError('invalid pipeline config:\n  ' + '\n  '.join(dict.fromkeys(found)))
+  return config

@@ -36,8 +36,9 @@ class ImageSplit:
 
 
 def load_split(name: str, split: str, *, data_dir: str = '', manual_dir: str = '',
-               image_key: str = 'image') -> ImageSplit:
-  """The whole split as uint8 NHWC images and labels, prepared first if needed."""
+               image_key: str = 'image', label_key: str = 'label') -> ImageSplit:
+  """The whole split as uint8 NHWC images and labels (-1 without a ClassLabel `label_key`),
+  prepared first if needed."""
   builder = prepare(name, data_dir, manual_dir)
   features = builder.info.features
   if image_key not in features:
@@ -49,10 +50,10 @@ def load_split(name: str, split: str, *, data_dir: str = '', manual_dir: str = '
                     f'shape (height, width, 1 or 3)')
   examples = _read_all(data_source(builder, name, split))
   images = np.stack([np.asarray(e[image_key], np.uint8) for e in examples])
-  label_feature = features['label'] if 'label' in features else None
+  label_feature = features[label_key] if label_key in features else None
   has_label = isinstance(label_feature, tfds.features.ClassLabel)
-  labels = np.asarray([e['label'] for e in examples] if has_label else [-1] * len(examples),
-                      np.int64)
+  labels = np.asarray([e[label_key] for e in examples] if has_label else [-1] * len(examples),
+                      np.int64).reshape(len(examples))
   return ImageSplit(images, labels, label_feature.num_classes if has_label else 0)
 
 

@@ -9,6 +9,16 @@ from sslm_jax.models.transformer import BertEncoder, GPT  # noqa: F401
 def build_model(config, vocab_size: int = 0):
   """The module a `model` config section describes (`vocab_size`: the tokenizer's, for text)."""
   dtype = jnp.dtype(config.dtype)
+  if config.name == 'text_vae':
+    from sslm_jax.models.text_vae import TextVAE
+    return TextVAE(vocab_size=vocab_size, latent_dim=config.latent_dim,
+                   num_layers=config.num_layers, num_heads=config.num_heads,
+                   embed_dim=config.embed_dim, mlp_dim=config.mlp_dim, max_len=config.max_len,
+                   encoder_type=config.encoder_type, encoder_layers=config.encoder_layers,
+                   conditioning=config.latent_conditioning,
+                   prefix_len=config.latent_prefix_len, dropout_rate=config.dropout_rate,
+                   attention_dropout_rate=config.attention_dropout_rate,
+                   positions=config.positions, tie_embeddings=config.tie_embeddings, dtype=dtype)
   if config.name in ('gpt', 'bert'):
     cls = GPT if config.name == 'gpt' else BertEncoder
     return cls(vocab_size=vocab_size, num_layers=config.num_layers, num_heads=config.num_heads,
@@ -24,3 +34,13 @@ def build_model(config, vocab_size: int = 0):
              decoder_base_features=config.decoder_base_features,
              decoder_features=tuple(config.decoder_features),
              conv_transpose_impl=config.conv_transpose_impl, dtype=dtype)
+
+
+def build_classifier(encoder, *, num_classes: int, pooling: str = 'mean',
+                     dropout_rate: float = 0.0, freeze_encoder: bool = False):
+  """A linear classifier on `encoder` (a module `build_model` made): `sslm_jax.models.heads`."""
+  from sslm_jax.models import heads
+  if isinstance(encoder, (GPT, BertEncoder)):
+    return heads.TextClassifier(encoder, num_classes, dropout_rate, freeze_encoder,
+                                pooling=pooling)
+  return heads.ImageClassifier(encoder, num_classes, dropout_rate, freeze_encoder)

@@ -19,8 +19,14 @@ from sslm_jax import config as config_lib
 
 def build_task(config, workdir: str, *, training: bool):
   """The task of `config` (`training`: a tokenizer may be trained and saved in `workdir`)."""
+  if config.objective.name == 'classification':
+    from sslm_jax.tasks.classification import ClassificationTask
+    return ClassificationTask(config, workdir, training=training)
   if config.model.name in config_lib.IMAGE_MODELS:
     from sslm_jax.tasks.images import ImageTask
     return ImageTask(config)
+  if config.model.name == 'text_vae':
+    from sslm_jax.tasks.text_vae import TextVAETask
+    return TextVAETask(config, workdir, training=training)
   from sslm_jax.tasks.language import LanguageTask
   return LanguageTask(config, workdir, training=training)

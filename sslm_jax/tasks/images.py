@@ -15,6 +15,13 @@ from sslm_jax.objectives import bind_loss
 _EVAL_STREAM = 1_000_003  # fold_in constant: eval noise never coincides with a train step's
 
 
+# One compilation per model (modules compare by their fields), shared by every task of it in a
+# process: a pipeline's pretraining run and the fine-tuning run that restores it.
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model, rng, images):
+  return model.init(rng, images, rng)['params']
+
+
 class ImageTask:
 
   def __init__(self, config):
@@ -35,7 +42,7 @@ class ImageTask:
   def init_params(self, rng):
     m = self.config.model
     dummy = jnp.zeros((1, m.input_size, m.input_size, m.channels), jnp.float32)
-    return jax.jit(self.model.init)(rng, dummy, rng)['params']
+    return _init(self.model, rng, dummy)
 
   @functools.cached_property
   def num_train_rows(self) -> int:

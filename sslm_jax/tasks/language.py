@@ -15,6 +15,7 @@ end of each document counted as one character (it is one predicted token, like a
 import functools
 import math
 import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,47 @@ from sslm_jax.objectives import bind_loss, lm
 
 _EVAL_STREAM = 1_000_003  # fold_in constant: eval noise never coincides with a train step's
 TOKENIZER_FILE = 'tokenizer.model'
+
+
+def clean_texts(config, texts: list[str]) -> list[str]:
+  """Each text cleaned as `config.text` says (empty results kept, so labels stay aligned)."""
+  t = config.text
+  return [text_data.clean_text(x, normalization=t.normalization, remove_symbols=t.remove_symbols,
+                               lowercase=t.lowercase, remove_stopwords=t.remove_stopwords)
+          for x in texts]
+
+
+def load_or_train_tokenizer(config, workdir: str, *, training: bool,
+                            train_texts: Callable[[], list[str]]) -> Tokenizer:
+  """text.tokenizer_path, else <workdir>/tokenizer.model, else (training) one trained on
+  `train_texts()` and saved there."""
+  t = config.text
+  path = t.tokenizer_path or os.path.join(workdir, TOKENIZER_FILE)
+  if os.path.exists(path):
+    return Tokenizer.load(path)
+  if t.tokenizer_path:
+    raise DataError(f'text.tokenizer_path={path!r} does not exist; allowed: a sentencepiece '
+                    f".model file, or '' to train one on the training split")
+  if not training:
+    raise DataError(f'{path} not found: the run in {workdir!r} saves its tokenizer when '
+                    f'training starts; allowed: the workdir of a text run')
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() != 0:  # every process trains the same model; one writes it
+    path = os.path.join(workdir, f'.{TOKENIZER_FILE}.process{jax.process_index()}')
+  try:
+    return train_tokenizer(train_texts(), vocab_size=t.vocab_size, model_path=path,
+                           model_type=t.tokenizer_type)
+  except DataError as e:  # e.g. a vocabulary larger than the text supports
+    raise DataError(f'text.vocab_size={t.vocab_size} / text.tokenizer_type='
+                    f'{t.tokenizer_type!r} do not fit {config.data.name}:'
+                    f'{config.data.train_split}; allowed: what sentencepiece says: {e}') from e
+
+
+# One compilation per model (modules compare by their fields), shared by every task of it in a
+# process: a pipeline's pretraining run and the fine-tuning run that restores it.
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model, rng, tokens):
+  return model.init(rng, tokens)['params']
 
 
 class LanguageTask:
@@ -48,13 +90,10 @@ class LanguageTask:
   def texts(self, split: str) -> list[str]:
     """The split's documents, cleaned as config.text says."""
     if split not in self._texts:
-      d, t = self.config.data, self.config.text
+      d = self.config.data
       raw = text_data.load_text_split(d.name, split, data_dir=d.data_dir,
                                       manual_dir=d.manual_dir, text_key=d.text_key)
-      cleaned = [text_data.clean_text(x, normalization=t.normalization,
-                                      remove_symbols=t.remove_symbols, lowercase=t.lowercase,
-                                      remove_stopwords=t.remove_stopwords) for x in raw.texts]
-      cleaned = [x for x in cleaned if x]
+      cleaned = [x for x in clean_texts(self.config, raw.texts) if x]
       if not cleaned:
         raise DataError(f'{d.name}:{split} has no text after cleaning; allowed: a split with '
                         f'non-empty {d.text_key!r} values')
@@ -83,32 +122,13 @@ class LanguageTask:
     return self._rows[split]
 
   def _load_or_train_tokenizer(self, workdir: str, training: bool) -> Tokenizer:
-    t = self.config.text
-    path = t.tokenizer_path or os.path.join(workdir, TOKENIZER_FILE)
-    if os.path.exists(path):
-      return Tokenizer.load(path)
-    if t.tokenizer_path:
-      raise DataError(f'text.tokenizer_path={path!r} does not exist; allowed: a sentencepiece '
-                      f".model file, or '' to train one on the training split")
-    if not training:
-      raise DataError(f'{path} not found: the run in {workdir!r} saves its tokenizer when '
-                      f'training starts; allowed: the workdir of a text run')
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() != 0:  # every process trains the same model; one writes it
-      path = os.path.join(workdir, f'.{TOKENIZER_FILE}.process{jax.process_index()}')
-    try:
-      return train_tokenizer(self.texts(self.config.data.train_split), vocab_size=t.vocab_size,
-                             model_path=path, model_type=t.tokenizer_type)
-    except DataError as e:  # e.g. a vocabulary larger than the text supports
-      raise DataError(f'text.vocab_size={t.vocab_size} / text.tokenizer_type='
-                      f'{t.tokenizer_type!r} do not fit {self.config.data.name}:'
-                      f'{self.config.data.train_split}; allowed: what sentencepiece says: '
-                      f'{e}') from e
+    return load_or_train_tokenizer(self.config, workdir, training=training,
+                                   train_texts=lambda: self.texts(self.config.data.train_split))
 
   # --- the task interface (sslm_jax.tasks) ---
   def init_params(self, rng):
     length = min(self.config.text.seq_len, self.config.model.max_len)
-    return jax.jit(self.model.init)(rng, jnp.zeros((1, length), jnp.int32))['params']
+    return _init(self.model, rng, jnp.zeros((1, length), jnp.int32))
 
   @property
   def num_train_rows(self) -> int:

@@ -1,7 +1,17 @@
 """The Optax optimizer a config asks for: adam (default), adamw or sgd, a learning-rate
-schedule, and optional global-norm gradient clipping."""
+schedule, optional global-norm gradient clipping, and for classifiers an encoder learning-rate
+multiplier (0 freezes the encoder: a linear probe)."""
 
+import jax
 import optax
+
+ENCODER = 'encoder'  # the top-level parameter key of a classifier's encoder (models/heads.py)
+
+
+def encoder_labels(params) -> dict:
+  """'encoder' for every leaf under params['encoder'], 'head' for every other leaf."""
+  return {key: jax.tree.map(lambda _, k=key: ENCODER if k == ENCODER else 'head', value)
+          for key, value in params.items()}
 
 
 def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
@@ -34,6 +44,12 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
     tx = optax.sgd(lr, momentum=config.momentum or None)
   else:
     raise ValueError(f'optimizer.name={config.name!r}')
+  multiplier = config.encoder_learning_rate_multiplier
+  if multiplier != 1.0:
+    # set_to_zero also stops weight decay, so a frozen encoder stays bit for bit as loaded.
+    encoder_tx = optax.set_to_zero() if multiplier == 0 else \
+        optax.chain(tx, optax.scale(multiplier))
+    tx = optax.multi_transform({ENCODER: encoder_tx, 'head': tx}, encoder_labels)
   if config.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   return tx

@@ -1,0 +1,237 @@
+"""A pipeline's report: report.json (the numbers), report.md (the numbers read as an answer),
+confusion_matrix.png and curves.png, written into the pipeline's folder."""
+
+import os
+
+import numpy as np
+
+from sslm_jax import config as config_lib
+from sslm_jax.eval import plots
+from sslm_jax.train import writers
+
+# What a pretraining evaluation reports that a reader compares (text, then images).
+_PRETRAIN_METRICS = ('loss', 'perplexity', 'accuracy', 'bits_per_char', 'objective', 'mse', 'kl',
+                     'elbo_nats')
+REPORTED = ('accuracy', 'macro_precision', 'macro_recall', 'macro_f1', 'micro_f1',
+            'weighted_f1')
+
+
+def _entries(config, results: dict) -> dict:
+  """report.json's entries: pretrained (the first regime), pretrained_<other regime>, scratch,
+  baseline, majority; each with the test metrics and how it was obtained."""
+  entries = {}
+  regimes = config.finetune.regimes
+  for i, regime in enumerate(regimes):
+    run = config_lib.finetune_run_name(regime)
+    entries['pretrained' if i == 0 else f'pretrained_{regime}'] = (run, regime)
+  if config_lib.SCRATCH_RUN in results:
+    entries['scratch'] = (config_lib.SCRATCH_RUN, 'full')
+  out = {}
+  for key, (run, regime) in entries.items():
+    r = results[run]
+    out[key] = {**{k: r['test'][k] for k in REPORTED}, 'run': run, 'regime': regime,
+                'selected_step': r['selected_step'],
+                'validation_macro_f1': r['validation'].get('macro_f1')}
+  for key in ('baseline', 'majority'):
+    if key in results:
+      r = results[key]
+      out[key] = {**{k: r['test'][k] for k in REPORTED}, 'method': r['method']}
+      if key == 'baseline':
+        out[key].update(c=r['c'], validation_macro_f1=r['validation']['macro_f1'])
+  return out
+
+
+def _fmt(value, digits: int = 3) -> str:
+  if value is None:
+    return ''
+  if isinstance(value, float):
+    return f'{value:.{digits}f}'
+  return str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(_fmt(v) for v in row) + ' |' for row in rows]
+  return lines + ['']
+
+
+def _epochs_per_step(summary: dict) -> float:
+  steps, epochs = summary.get('steps') or 0, summary.get('epochs') or 0
+  return epochs / steps if steps else 0.0
+
+
+def _curves_picture(path: str, curves: dict, summaries: dict, eval_splits: dict) -> None:
+  pre = curves.get(config_lib.PRETRAIN_RUN, [])
+  pre_eval = eval_splits[config_lib.PRETRAIN_RUN]
+  evals = [r for r in pre if r['split'] == pre_eval]
+  # An evaluation reports the training objective as 'loss' (text) or 'objective' (images).
+  key = 'loss' if evals and 'loss' in evals[0] else 'objective'
+  panels = [{'title': 'pretraining loss', 'xlabel': 'step', 'series': {
+      'train': ([r['step'] for r in pre if r['split'] == 'train'],
+                [r['loss'] for r in pre if r['split'] == 'train']),
+      f'{pre_eval} {key}': ([r['step'] for r in evals], [r.get(key, np.nan) for r in evals])}}]
+  loss, f1 = {}, {}
+  for name, records in curves.items():
+    if name == config_lib.PRETRAIN_RUN:
+      continue
+    per_step = _epochs_per_step(summaries.get(name, {}))
+    label = name.replace('finetune_', '')
+    train = [r for r in records if r['split'] == 'train']
+    evals = [r for r in records if r['split'] == eval_splits[name]]
+    loss[label] = ([r['step'] * per_step for r in train], [r['loss'] for r in train])
+    f1[label] = ([r['step'] * per_step for r in evals], [r['macro_f1'] for r in evals])
+  panels.append({'title': 'fine-tuning train loss', 'xlabel': 'epoch', 'series': loss})
+  panels.append({'title': 'fine-tuning validation macro-F1', 'xlabel': 'epoch', 'series': f1})
+  plots.save_line_charts(path, panels)
+
+
+def _verdict(entries: dict) -> list[str]:
+  lines = []
+  pre = entries.get('pretrained')
+  if pre is None:
+    return lines
+  for other, what in (('scratch', 'the same model trained from scratch with the same budget'),
+                      ('baseline', entries.get('baseline', {}).get('method', ''))):
+    if other in entries:
+      delta = pre['macro_f1'] - entries[other]['macro_f1']
+      word = 'beats' if delta > 0 else 'does not beat'
+      lines.append(f'- Pretrained-then-fine-tuned ({pre["regime"]}) **{word}** {what}: '
+                   f'macro-F1 {pre["macro_f1"]:.3f} vs {entries[other]["macro_f1"]:.3f} '
+                   f'({delta:+.3f}).')
+  met = all(pre['macro_f1'] > entries[k]['macro_f1'] for k in ('scratch', 'baseline')
+            if k in entries)
+  lines.append(f'- Goal (pretrained beats scratch and the baseline on test macro-F1): '
+               f'**{"met" if met else "not met"}**.')
+  return lines
+
+
+def write_report(workdir: str, *, config, runs: dict, stats: dict, summaries: dict,
+                 results: dict, curves: dict, timings: dict, command: str = '') -> dict:
+  """Writes report.json, report.md, confusion_matrix.png and curves.png; returns report.json."""
+  entries = _entries(config, results)
+  names = stats['class_names']
+  test = stats['splits']['test']
+  eval_splits = {name: run.data.eval_split for name, run in runs.items()}
+  report = {
+      'tasks': {config.name: entries},
+      'dataset': stats['dataset'], 'num_classes': len(names),
+      'test_split': test['name'], 'test_examples': test['examples'],
+      'metric_notes': 'macro means over the classes present in the test labels or '
+                      'predictions; checkpoints selected on validation macro-F1 only',
+      'pretrain': {k: v for k, v in summaries.get(config_lib.PRETRAIN_RUN, {}).items()
+                   if isinstance(v, (int, float, str))},
+      'wall_seconds': {k: v['seconds'] for k, v in timings.items()},
+  }
+  writers.write_json(os.path.join(workdir, 'report.json'), report)
+
+  main = config_lib.finetune_run_name(config.finetune.regimes[0])
+  plots.save_confusion_matrix(os.path.join(workdir, 'confusion_matrix.png'),
+                              np.asarray(results[main]['confusion']), names,
+                              title=f'pretrained, {test["name"]}')
+  _curves_picture(os.path.join(workdir, 'curves.png'), curves, summaries, eval_splits)
+
+  pre_cfg = config.pretrain
+  md = [f'# {config.name}: does self-supervised pretraining help?', '']
+  if command:
+    md += [f'Command: `{command}`', '']
+  md += [f'Dataset `{stats["dataset"]}` ({len(names)} classes, label `{stats["label_key"]}`); '
+         f'pretraining: {pre_cfg.model.name} / {pre_cfg.objective.name}; every number below is '
+         f'on the {test["name"]} split ({test["examples"]} examples), evaluated once per model '
+         f'after choosing its checkpoint on validation macro-F1.', '']
+  md += _verdict(entries) + ['']
+
+  md += ['## Results (test split)', '']
+  rows = []
+  for key, e in entries.items():
+    how = e.get('method') or f'{e["run"]}, step {e["selected_step"]}'
+    rows.append([key, how] + [e[k] for k in REPORTED] + [e.get('validation_macro_f1')])
+  md += _table(['entry', 'how', 'accuracy', 'macro P', 'macro R', 'macro F1', 'micro F1',
+                'weighted F1', 'validation macro F1'], rows)
+  md += ['Macro means are over the classes present in the test labels or predictions '
+         '(scikit-learn\'s default); micro F1 equals accuracy (one label an example).', '']
+
+  md += ['## Data', '']
+  if stats['validation_carved']:
+    train_name = stats['splits']['train']['name']
+    md += [f'The dataset has no validation split here: validation is a stratified '
+           f'{stats["validation_fraction"]:.0%} of each class of `{train_name}` (seed '
+           f'{stats["split_seed"]}), removed from training.', '']
+  elif stats['dataset'].startswith('text_files/'):
+    md += ['Splits are the builder\'s fixed hash split (SHA-256 of each text: 80% train, 10% '
+           'validation, 10% test), the same on every machine.', '']
+  rows = []
+  for role, s in stats['splits'].items():
+    counts = np.asarray(s['class_counts'])
+    row = [role, s['name'], s['examples'], s['classes_present'], int(counts.min()),
+           int(np.median(counts)), int(counts.max()), f'{counts.max() / max(s["examples"], 1):.3f}']
+    row += [f'{s["mean_chars"]:.0f} / {s["median_chars"]:.0f} / {s["max_chars"]}'
+            if 'mean_chars' in s else 'x'.join(map(str, s.get('image_shape', [])))]
+    rows.append(row)
+  md += _table(['role', 'split', 'examples', 'classes present', 'min/class', 'median/class',
+                'max/class', 'largest class share', 'chars mean / median / max or shape'], rows)
+  ft = summaries.get(main, {})
+  if 'train_truncated_fraction' in ft:
+    md += [f'Texts longer than text.seq_len={runs[main].text.seq_len} tokens (cut): '
+           f'{ft["train_truncated_fraction"]:.1%} of the training split.', '']
+
+  pre = summaries.get(config_lib.PRETRAIN_RUN, {})
+  md += ['## Pretraining', '']
+  md += [f'{pre_cfg.model.name} / {pre_cfg.objective.name}: {pre.get("parameters", "?")} '
+         f'parameters, {pre.get("steps", "?")} steps ({_fmt(pre.get("epochs"), 2)} epochs) of '
+         f'batch {pre_cfg.train.batch_size}, {pre_cfg.optimizer.name} lr '
+         f'{pre_cfg.optimizer.learning_rate}. Final {pre_cfg.data.eval_split} ' +
+         ', '.join(f'{k} {_fmt(pre[f"{pre_cfg.data.eval_split}_{k}"], 4)}' for k in
+                   _PRETRAIN_METRICS if f'{pre_cfg.data.eval_split}_{k}' in pre) + '.', '']
+  records = curves.get(config_lib.PRETRAIN_RUN, [])
+  evals = [r for r in records if r['split'] == pre_cfg.data.eval_split]
+  train = [r for r in records if r['split'] == 'train']
+  keys = [k for k in _PRETRAIN_METRICS if evals and k in evals[0]]
+  rows = []
+  for r in evals:
+    before = [t['loss'] for t in train if t['step'] <= r['step']]
+    rows.append([r['step'], before[-1] if before else None] + [r.get(k) for k in keys])
+  md += _table(['step', 'train loss'] + [f'{pre_cfg.data.eval_split} {k}' for k in keys], rows)
+  md += ['![curves](curves.png)', '']
+
+  md += ['## Fine-tuning', '']
+  rows = []
+  for name in runs:
+    if name == config_lib.PRETRAIN_RUN:
+      continue
+    c, s = runs[name], summaries.get(name, {})
+    rows.append([name, 'yes' if c.classifier.init_from else 'no',
+                 c.optimizer.encoder_learning_rate_multiplier, c.optimizer.learning_rate,
+                 c.train.batch_size, s.get('steps'), _fmt(s.get('epochs'), 2),
+                 c.objective.class_weights, c.classifier.pooling, results[name]['selected_step']])
+  md += _table(['run', 'pretrained', 'encoder lr x', 'lr', 'batch', 'steps', 'epochs',
+                'class weights', 'pooling', 'selected step'], rows)
+  fine = [n for n in runs if n != config_lib.PRETRAIN_RUN]
+  by_step = {}
+  for name in fine:
+    for r in curves.get(name, []):
+      if r['split'] == eval_splits[name]:
+        by_step.setdefault(r['step'], {})[name] = r
+  rows = [[step] + [f'{by_step[step][n]["accuracy"]:.3f} / {by_step[step][n]["macro_f1"]:.3f}'
+                    if n in by_step[step] else '' for n in fine] for step in sorted(by_step)]
+  md += ['Validation accuracy / macro-F1 after each evaluation:', '']
+  md += _table(['step'] + fine, rows)
+
+  md += ['## Per class (test F1)', '']
+  train_counts = stats['splits']['train']['class_counts']
+  cols = [k for k in ('pretrained', 'scratch', 'baseline') if k in entries]
+  runs_of = {'pretrained': main, 'scratch': config_lib.SCRATCH_RUN, 'baseline': 'baseline'}
+  rows = [[names[i], train_counts[i], results[main]['support'][i]] +
+          [results[runs_of[k]]['per_class_f1'][i] for k in cols] for i in range(len(names))]
+  md += _table(['class', 'train examples', 'test support'] + [f'F1 {k}' for k in cols], rows)
+  md += ['## Confusion matrix (pretrained, test)', '', '![confusion matrix](confusion_matrix.png)',
+         '']
+
+  md += ['## Wall time', '']
+  md += _table(['step', 'seconds', 'invocations'],
+               [[k, round(v['seconds'], 1), v['invocations']] for k, v in timings.items()])
+  md += ['(`report` is timed after this file is written; timings.json has it.)', '']
+  tmp = os.path.join(workdir, 'report.md.tmp')
+  with open(tmp, 'w') as f:
+    f.write('\n'.join(md))
+  os.replace(tmp, os.path.join(workdir, 'report.md'))
+  return report

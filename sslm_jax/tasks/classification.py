@@ -1,0 +1,273 @@
+"""Classification with a (pretrained) encoder as a task: labelled text or images in, metrics out.
+
+Data: any tfds dataset with a ClassLabel feature `data.label_key` beside a text
+(`data.text_key`) or image (`data.image_key`) feature: text_files/fortunes (43 categories),
+text_files/plain (one folder per class), imdb_reviews, idx_images/fashion_mnist, mnist, ...
+
+Splits: `data.train_split` is trained on and `data.eval_split` evaluated during training. With
+`data.validation_fraction` > 0 the eval split is carved out of the training split instead:
+round(fraction * count) examples of each class, drawn with `data.split_seed`
+(`sslm_jax.data.labels.stratified_split`), which then leave the training split.
+
+Text is cleaned as `config.text` says and tokenized by `text.tokenizer_path` (a pipeline passes
+its pretraining run's), else by a tokenizer trained on the training split and saved in the
+workdir, as LanguageTask does. One text a row, as the model saw text in pretraining: `bos text
+eos` for BERT, `eos text eos` for GPT (its documents always follow an end of document), cut to
+`text.seq_len` tokens, padded. Texts empty after cleaning are dropped with their labels.
+
+Parameters are `{'encoder': ..., 'head': ...}` (`sslm_jax.models.heads`). With
+`classifier.init_from` the encoder starts as that pretraining run's checkpoint, bit for bit.
+"""
+
+import dataclasses
+import functools
+import os
+
+import jax
+import numpy as np
+
+from sslm_jax import config as config_lib
+from sslm_jax.data import images as image_data
+from sslm_jax.data import labels as label_data
+from sslm_jax.data import text as text_data
+from sslm_jax.data.tfds_utils import DataError
+from sslm_jax.eval import metrics as metrics_lib
+from sslm_jax.eval import plots
+from sslm_jax.models import build_classifier, build_model
+from sslm_jax.objectives import bind_loss, classification
+from sslm_jax.tasks import language
+
+# Model settings a classifier may change from its pretraining run's (they change no parameter).
+_FREE_MODEL_KEYS = ('dropout_rate', 'attention_dropout_rate', 'dtype')
+EVAL_METRICS = ('loss', 'accuracy', 'macro_precision', 'macro_recall', 'macro_f1', 'micro_f1',
+                'weighted_f1')
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledSplit:
+  inputs: list | np.ndarray  # cleaned texts (list of str) or uint8 NHWC images
+  labels: np.ndarray         # (N,) int64 in [0, number of classes)
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def take(self, index: np.ndarray) -> 'LabelledSplit':
+    if isinstance(self.inputs, np.ndarray):
+      return LabelledSplit(self.inputs[index], self.labels[index])
+    return LabelledSplit([self.inputs[i] for i in index], self.labels[index])
+
+
+def is_text(config) -> bool:
+  return config.model.name in config_lib.TEXT_MODELS
+
+
+def _read_split(config, split: str) -> LabelledSplit:
+  d = config.data
+  where = f'{d.name}:{split}'
+  if is_text(config):
+    raw = text_data.load_text_split(d.name, split, data_dir=d.data_dir, manual_dir=d.manual_dir,
+                                    text_key=d.text_key, label_key=d.label_key)
+    texts, labels = language.clean_texts(config, raw.texts), raw.labels
+    keep = np.asarray([bool(t) for t in texts], bool)
+    data = LabelledSplit([t for t, k in zip(texts, keep) if k], labels[keep])
+  else:
+    raw = image_data.load_split(d.name, split, data_dir=d.data_dir, manual_dir=d.manual_dir,
+                                image_key=d.image_key, label_key=d.label_key)
+    image_data.check_compatible(raw, config.model.channels, where)
+    data = LabelledSplit(raw.images, raw.labels)
+  if len(data) == 0:
+    raise DataError(f'{where} has no examples (after cleaning); allowed: a split with examples')
+  if (data.labels < 0).any():
+    raise DataError(f'{where} has no class label {d.label_key!r}; allowed: a dataset with a '
+                    f'ClassLabel feature named by data.label_key')
+  return data
+
+
+def load_labelled(config, split: str, cache: dict | None = None) -> LabelledSplit:
+  """A split as the classifier sees it (carved out of the training split when
+  data.validation_fraction > 0: see the module docstring)."""
+  cache = {} if cache is None else cache
+  d = config.data
+  carved = d.validation_fraction > 0 and split in (d.train_split, d.eval_split)
+  source = d.train_split if carved else split
+  if source not in cache:
+    cache[source] = _read_split(config, source)
+  data = cache[source]
+  if not carved:
+    return data
+  kept, held = label_data.stratified_split(data.labels, d.validation_fraction, d.split_seed)
+  part = data.take(kept if split == d.train_split else held)
+  if len(part) == 0:
+    raise DataError(f'data.validation_fraction={d.validation_fraction} leaves {split!r} of '
+                    f'{d.name}:{d.train_split} empty; allowed: a fraction that leaves examples')
+  return part
+
+
+def _device_transform(batch, input_size: int):
+  if 'image' not in batch:
+    return batch
+  return {**batch, 'image': image_data.to_model_input(batch['image'], input_size)}
+
+
+# Compiled once per model (modules compare by their fields): the runs of a pipeline and their
+# evaluations share these executables.
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model, rng, *inputs):
+  return model.init(rng, *inputs)['params']
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'input_size'))
+def _eval_batch(params, batch, *, model, input_size):
+  return classification.predictions_and_nll(params, _device_transform(batch, input_size),
+                                            model=model)
+
+
+class ClassificationTask:
+
+  def __init__(self, config, workdir: str, *, training: bool):
+    self.config = config
+    self._training = training
+    self._cache, self._splits, self._rows, self._confusions = {}, {}, {}, {}
+    self.truncated_fraction = {}
+    d = config.data
+    self.label_names = label_data.class_names(d.name, d.label_key, data_dir=d.data_dir,
+                                              manual_dir=d.manual_dir)
+    self.num_classes = len(self.label_names)
+    vocab_size, self.tokenizer = 0, None
+    if is_text(config):
+      self.tokenizer = language.load_or_train_tokenizer(
+          config, workdir, training=training, train_texts=lambda: self.split(d.train_split).inputs)
+      vocab_size = self.tokenizer.vocab_size
+    self.encoder = build_model(config.model, vocab_size=vocab_size)
+    c = config.classifier
+    self.frozen_encoder = config.optimizer.encoder_learning_rate_multiplier == 0
+    self.model = build_classifier(self.encoder, num_classes=self.num_classes, pooling=c.pooling,
+                                  dropout_rate=c.dropout_rate, freeze_encoder=self.frozen_encoder)
+    self.loaded_step = None  # the pretraining checkpoint the encoder started from
+
+  # --- data ---
+  def split(self, name: str) -> LabelledSplit:
+    if name not in self._splits:
+      self._splits[name] = load_labelled(self.config, name, self._cache)
+    return self._splits[name]
+
+  def rows(self, split: str) -> dict:
+    """Model rows of a split: tokens and mask (text) or uint8 images, and labels."""
+    if split not in self._rows:
+      data = self.split(split)
+      if self.tokenizer is None:
+        rows = {'image': data.inputs}
+      else:
+        t, seq_len = self.tokenizer, self.config.text.seq_len
+        ids = t.encode_batch(data.inputs)
+        first = t.eos_id if self.config.model.name == 'gpt' else t.bos_id
+        tokens, mask = text_data.pad_tokens(ids, seq_len, pad_id=t.pad_id, bos_id=first,
+                                            eos_id=t.eos_id)
+        self.truncated_fraction[split] = float(np.mean([len(x) + 2 > seq_len for x in ids]))
+        rows = {'tokens': tokens, 'mask': mask}
+      rows['label'] = data.labels.astype(np.int32)
+      self._rows[split] = rows
+    return self._rows[split]
+
+  # --- the task interface (sslm_jax.tasks) ---
+  @functools.cached_property
+  def loss_fn(self):
+    weights = None
+    if self.config.objective.class_weights == 'balanced':
+      weights = classification.balanced_class_weights(
+          self.split(self.config.data.train_split).labels, self.num_classes)
+    return bind_loss(self.model, self.config.objective, class_weights=weights)
+
+  def init_params(self, rng):
+    m = self.config.model
+    if self.tokenizer is None:
+      dummy = (np.zeros((1, m.input_size, m.input_size, m.channels), np.float32),)
+    else:
+      length = min(self.config.text.seq_len, m.max_len)
+      dummy = (np.zeros((1, length), np.int32), np.ones((1, length), bool))
+    if not self._training:
+      # Eval and model selection restore the run's own checkpoint: shapes are all they need,
+      # and tracing them skips compiling the initializers (seconds for a conv net on a CPU).
+      return jax.eval_shape(self.model.init, rng, *dummy)['params']
+    # The initial values do not depend on freezing: one compilation serves every regime.
+    params = _init(self.model.clone(freeze_encoder=False), rng, *dummy)
+    if self.config.classifier.init_from:
+      params = {**params, 'encoder': self._pretrained_encoder(params['encoder'])}
+    return params
+
+  def _pretrained_encoder(self, like):
+    from sslm_jax.train import loop  # noqa: PLC0415  the one way to read a run (loop imports tasks)
+    c = self.config.classifier
+    run, params, self.loaded_step = loop.restore_params(c.init_from, c.init_step or None)
+    different = {k: v for k, v in config_lib.differences(run.config.model,
+                                                         self.config.model).items()
+                 if k not in _FREE_MODEL_KEYS}
+    if different:
+      listed = ', '.join(f'model.{k}: {a!r} there vs {b!r} here'
+                         for k, (a, b) in different.items())
+      raise DataError(f'classifier.init_from={c.init_from!r} holds a model with other settings '
+                      f'({listed}); allowed: the pretraining run\'s model settings')
+    theirs = getattr(run.task, 'tokenizer', None)
+    if self.tokenizer is not None and (theirs is None or
+                                       theirs.model_proto != self.tokenizer.model_proto):
+      raise DataError(f'the tokenizer of this run is not the one classifier.init_from='
+                      f'{c.init_from!r} was trained with; allowed: text.tokenizer_path='
+                      f'{os.path.join(c.init_from, language.TOKENIZER_FILE)!r}')
+    shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)  # noqa: E731
+    if shapes(params) != shapes(like):
+      raise DataError(f'the parameters in classifier.init_from={c.init_from!r} do not fit this '
+                      f'model; allowed: a pretraining run of the same model')
+    return params
+
+  @property
+  def num_train_rows(self) -> int:
+    return len(self.split(self.config.data.train_split))
+
+  def train_batches(self, batch_size: int, seed: int, start_step: int):
+    return text_data.lm_train_batches(self.rows(self.config.data.train_split), batch_size, seed,
+                                      start_step)
+
+  def device_transform(self, batch):
+    return _device_transform(batch, self.config.model.input_size)
+
+  def predict(self, params, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, predicted classes, cross-entropy) of every example of the split, in order."""
+    rows = self.rows(split)
+    predictions, nll = [], []
+    for batch in text_data.lm_eval_batches(rows, self.config.train.eval_batch_size):
+      p, n = _eval_batch(params, batch, model=self.model,
+                         input_size=self.config.model.input_size)
+      real = int(batch['row_mask'].sum())
+      predictions.append(np.asarray(p)[:real])
+      nll.append(np.asarray(n)[:real])
+    return rows['label'], np.concatenate(predictions), np.concatenate(nll)
+
+  def evaluate(self, params, split: str) -> dict[str, float]:
+    """Exact metrics over the whole split (macro means over the classes present)."""
+    labels, predictions, nll = self.predict(params, split)
+    confusion = metrics_lib.confusion_matrix(labels, predictions, self.num_classes)
+    self._confusions[split] = np.asarray(confusion)
+    result = metrics_lib.summary(metrics_lib.from_confusion(confusion))
+    result['loss'] = float(nll.mean())
+    return {k: result[k] for k in EVAL_METRICS}
+
+  def draw(self, params, workdir: str) -> None:
+    """confusion_matrix.png of the latest evaluation of data.eval_split."""
+    del params
+    split = self.config.data.eval_split
+    if split in self._confusions:
+      plots.save_confusion_matrix(os.path.join(workdir, 'confusion_matrix.png'),
+                                  self._confusions[split], self.label_names,
+                                  title=f'{self.config.data.name}:{split}')
+
+  def describe(self) -> dict:
+    d = self.config.data
+    facts = {'train_examples': self.num_train_rows,
+             f'{d.eval_split}_examples': len(self.split(d.eval_split)),
+             'num_classes': self.num_classes, 'init_from': self.config.classifier.init_from,
+             'frozen_encoder': self.frozen_encoder}
+    if self.loaded_step is not None:
+      facts['init_step'] = self.loaded_step
+    if d.train_split in self.truncated_fraction:
+      facts['train_truncated_fraction'] = self.truncated_fraction[d.train_split]
+    return facts

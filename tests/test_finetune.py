@@ -1,0 +1,310 @@
+"""Classifiers on pretrained encoders and the pipeline end to end, on generated labelled data.
+
+One tiny text pipeline (GPT pretraining, full fine-tuning, scratch, TF-IDF) and one tiny image
+pipeline (VAE, linear probe, scratch, logistic regression; IDX images without a validation
+split) run once per module; the tests read their run folders.
+"""
+
+import json
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SYLLABLES, sentences
+from sslm_jax import cli
+from sslm_jax import config as config_lib
+from sslm_jax import pipeline
+from sslm_jax.config import ConfigError, pipeline_config
+from sslm_jax.data import labels as label_data
+from sslm_jax.models import heads
+from sslm_jax.objectives import classification
+from sslm_jax.tasks.classification import ClassificationTask
+from sslm_jax.train import loop, optim
+
+pytest.importorskip('sklearn', reason="the pipeline's baseline needs scikit-learn: "
+                                      "pip install -e '.[test]'")
+
+TOPIC_WORDS = {'computers': ('byte', 'kernel', 'compile'), 'love': ('heart', 'kiss', 'rose'),
+               'zippy': ('pinhead', 'yow', 'bowling')}
+TINY_GPT = {'model.name': 'gpt', 'model.num_layers': 1, 'model.num_heads': 2,
+            'model.embed_dim': 16, 'model.mlp_dim': 32, 'model.max_len': 32,
+            'model.dropout_rate': 0.0, 'objective.name': 'causal_lm', 'text.vocab_size': 320,
+            'text.seq_len': 32, 'text.num_samples': 0, 'data.name': 'text_files/fortunes',
+            'data.eval_split': 'validation'}
+# A smaller seed encoder/decoder than conftest's TINY_MODEL: initializing a conv net is most of
+# its compile time on a CPU.
+TINY_VAE = {'model.input_size': 16, 'model.encoder_features': (8, 8),
+            'model.encoder_out_features': 8, 'model.decoder_hidden': (8,),
+            'model.decoder_base_features': 4, 'model.decoder_features': (4,),
+            'model.latent_dim': 4, 'data.name': 'idx_images/mnist', 'train.num_pictures': 4}
+TINY_TRAIN = {'train.batch_size': 8, 'train.eval_batch_size': 64, 'train.log_every_steps': 5,
+              'train.progress_bar': False}
+
+
+def make_topics(folder, per_category=(60, 40, 20), seed=0):
+  """A fortune folder whose categories are learnable: each cookie is a shared pseudo-English
+  sentence with two words of its category inserted."""
+  rng = np.random.default_rng(seed)
+  folder.mkdir(parents=True)
+  common = sentences(200, seed=2)
+  for (name, words), n in zip(TOPIC_WORDS.items(), per_category):
+    cookies = []
+    for _ in range(n):
+      text = common[rng.integers(len(common))].split()
+      for _ in range(2):
+        text.insert(rng.integers(len(text) + 1), words[rng.integers(len(words))])
+      cookies.append(' '.join(text))
+    (folder / name).write_text('\n%\n'.join(cookies) + '\n%\n')
+  return folder
+
+
+def set_keys(section, values: dict):
+  for key, value in values.items():
+    part, name = key.split('.')
+    section[part][name] = value
+
+
+def tiny_pipeline(pretrain: dict, *, regimes, **finetune):
+  config = pipeline_config()
+  set_keys(config.pretrain, {**TINY_TRAIN, 'train.num_steps': 10, **pretrain})
+  config.finetune.regimes = regimes
+  f = config.finetune
+  for key, value in {**TINY_TRAIN, 'train.num_epochs': 2, 'optimizer.learning_rate': 3e-3,
+                     **finetune}.items():
+    part, name = key.split('.')
+    f[part][name] = value
+  config.baseline.c_values = (1.0,)
+  return config
+
+
+@pytest.fixture(scope='module')
+def topics(tmp_path_factory):
+  root = tmp_path_factory.mktemp('topics')
+  return str(root / 'tfds'), str(make_topics(root / 'manual'))
+
+
+@pytest.fixture(scope='module')
+def image_run(idx_dataset, tmp_path_factory):
+  """(config, workdir, report) of a tiny image pipeline: linear probe and scratch."""
+  data_dir, manual_dir = idx_dataset
+  config = tiny_pipeline({**TINY_VAE, 'data.data_dir': data_dir, 'data.manual_dir': manual_dir},
+                         regimes=('linear_probe',),
+                         **{'data.validation_fraction': 0.2, 'train.batch_size': 16})
+  workdir = tmp_path_factory.mktemp('image_pipeline')
+  return config, workdir, pipeline.run_pipeline(config, str(workdir))
+
+
+@pytest.fixture(scope='module')
+def text_run(topics, tmp_path_factory):
+  """(config, workdir, report) of a tiny text pipeline: full fine-tuning and scratch."""
+  data_dir, manual_dir = topics
+  config = tiny_pipeline({**TINY_GPT, 'data.data_dir': data_dir, 'data.manual_dir': manual_dir},
+                         regimes=('full',), **{'text.seq_len': 32})
+  workdir = tmp_path_factory.mktemp('text_pipeline')
+  return config, workdir, pipeline.run_pipeline(config, str(workdir))
+
+
+def test_text_pipeline_writes_the_report(text_run):
+  config, workdir, report = text_run
+  entries = report['tasks']['classification']
+  assert set(entries) == {'pretrained', 'scratch', 'baseline', 'majority'}
+  for entry in entries.values():
+    for key in ('accuracy', 'macro_precision', 'macro_recall', 'macro_f1'):
+      assert 0 <= entry[key] <= 1, (key, entry)
+  # The topic words make the task easy for TF-IDF; the tiny networks only have to run.
+  assert entries['baseline']['macro_f1'] > 0.9
+  assert entries['pretrained']['regime'] == 'full'
+  assert json.loads((workdir / 'report.json').read_text()) == report
+  md = (workdir / 'report.md').read_text()
+  for heading in ('## Results (test split)', '## Data', '## Pretraining', '## Fine-tuning',
+                  '## Per class (test F1)', '## Confusion matrix', '## Wall time'):
+    assert heading in md
+  for picture in ('confusion_matrix.png', 'curves.png'):
+    with Image.open(workdir / picture) as image:
+      assert image.width > 100 and image.height > 100
+  timings = json.loads((workdir / 'timings.json').read_text())
+  for step in ('data', 'pretrain', 'finetune_pretrained', 'finetune_scratch',
+               'finetune_scratch: select and test', 'baseline', 'report'):
+    assert timings[step]['invocations'] == 1
+  # The test split is read only after each run chose its checkpoint on validation.
+  chosen = json.loads((workdir / 'finetune_scratch' / 'test_result.json').read_text())
+  assert chosen['selected_step'] in chosen['candidate_steps']
+  saved = loop.saved_config(str(workdir / 'finetune_scratch'))
+  assert saved.data.test_split == '' and saved.data.eval_split == 'validation'
+
+
+def test_loading_the_pretraining_checkpoint_keeps_the_encoder_bit_identical(text_run):
+  config, workdir, _ = text_run
+  _, pretrained, _ = loop.restore_params(str(workdir / 'pretrain'))
+  runs = config_lib.pipeline_runs(config, str(workdir))
+  run = loop.setup(runs['finetune_pretrained'], str(workdir / 'unused'))
+  params = run.init_state.params
+  assert set(params) == {'encoder', 'head'}
+  assert jax.tree.structure(params['encoder']) == jax.tree.structure(pretrained)
+  for ours, theirs in zip(jax.tree.leaves(params['encoder']), jax.tree.leaves(pretrained)):
+    assert ours.dtype == theirs.dtype
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_linear_probe_leaves_the_encoder_unchanged(image_run, text_run):
+  for (_, workdir, _), name, frozen in ((image_run, 'finetune_pretrained_linear_probe', True),
+                                        (text_run, 'finetune_pretrained', False)):
+    _, pretrained, _ = loop.restore_params(str(workdir / 'pretrain'))
+    _, params, step = loop.restore_params(str(workdir / name))
+    assert step == json.loads((workdir / name / 'summary.json').read_text())['steps']
+    same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params['encoder']),
+                                                 jax.tree.leaves(pretrained))]
+    assert all(same) if frozen else not all(same), name
+
+
+def test_rerun_resumes_and_retrains_nothing(text_run):
+  config, workdir, report = text_run
+  again = pipeline.run_pipeline(config, str(workdir))
+  assert again['tasks'] == report['tasks']
+  for name in ('finetune_pretrained', 'finetune_scratch'):
+    summary = json.loads((workdir / name / 'summary.json').read_text())
+    assert summary['resumed_from_step'] == 0  # written by the one run that trained
+  timings = json.loads((workdir / 'timings.json').read_text())
+  assert timings['pretrain']['invocations'] == 2
+
+
+def test_image_pipeline_on_idx_images_without_a_validation_split(image_run):
+  _, workdir, report = image_run
+  entries = report['tasks']['classification']
+  assert set(entries) == {'pretrained', 'scratch', 'baseline', 'majority'}
+  assert entries['pretrained']['regime'] == 'linear_probe'
+  assert entries['baseline']['method'] == 'logistic regression on raw pixels'
+  assert entries['baseline']['macro_f1'] > 0.5  # class-dependent blobs
+  stats = json.loads((workdir / 'data_stats.json').read_text())
+  train, validation = stats['splits']['train'], stats['splits']['validation']
+  assert stats['validation_carved'] and train['examples'] + validation['examples'] == 256
+  np.testing.assert_allclose(validation['class_counts'],
+                             np.round(0.2 * (np.asarray(train['class_counts']) +
+                                             validation['class_counts'])))
+  assert 'stratified 20% of each class' in (workdir / 'report.md').read_text()
+
+
+def test_pipeline_config_errors_are_named_before_any_work(tmp_path, capsys):
+  code = cli.main(['pipeline', '--config', 'configs/pipeline_fortunes.py', '--workdir',
+                   str(tmp_path / 'run'), '--config.finetune.train.batch_size=0',
+                   "--config.finetune.regimes=('full','probe')",
+                   '--config.finetune.classifier.pooling=cls'])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "finetune.regimes=('full', 'probe') is invalid" in err
+  assert 'finetune.train.batch_size=0 is invalid' in err
+  assert not (tmp_path / 'run').exists()
+  with pytest.raises(ConfigError, match="pretrain.objective.name='classification'"):
+    config = pipeline_config()
+    config.pretrain.objective.name = 'classification'
+    config_lib.validate_pipeline(config)
+  assert cli.main(['pipeline', '--config', 'configs/demo.py']) == 2
+  assert 'is not a pipeline config' in capsys.readouterr().err
+
+
+def test_plain_folder_per_class_gives_labelled_splits(tmp_path):
+  for name, words in TOPIC_WORDS.items():
+    folder = tmp_path / 'manual' / name
+    folder.mkdir(parents=True)
+    for i in range(12):
+      (folder / f'{i}.txt').write_text(f'{words[i % 3]} {SYLLABLES[i]} {i}\n')
+  config = config_lib.base_config()
+  set_keys(config, {**TINY_GPT, 'data.name': 'text_files/plain', 'objective.name':
+                    'classification', 'data.data_dir': str(tmp_path / 'tfds'),
+                    'data.manual_dir': str(tmp_path / 'manual'), 'data.eval_split': 'train',
+                    'text.vocab_size': 300})
+  task = ClassificationTask(config, str(tmp_path / 'run'), training=True)
+  assert task.label_names == tuple(TOPIC_WORDS)
+  rows = task.rows('train')
+  assert rows['tokens'].shape[1] == 32 and set(rows['label']) <= {0, 1, 2}
+  assert rows['tokens'][0, 0] == task.tokenizer.eos_id  # GPT rows start after an end of text
+
+
+def test_stratified_split_holds_out_each_class_and_is_fixed():
+  labels = np.repeat(np.arange(4), [50, 20, 5, 1])
+  kept, held = label_data.stratified_split(labels, 0.2, seed=3)
+  assert np.bincount(labels[held], minlength=4).tolist() == [10, 4, 1, 0]
+  assert sorted(np.r_[kept, held].tolist()) == list(range(len(labels)))
+  again = label_data.stratified_split(labels, 0.2, seed=3)
+  np.testing.assert_array_equal(again[1], held)
+
+
+def test_encoder_learning_rate_multiplier_scales_and_freezes():
+  config = config_lib.base_config().optimizer
+  params = {'encoder': {'w': np.ones(3, np.float32)}, 'head': {'w': np.ones(2, np.float32)}}
+  grads = jax.tree.map(np.ones_like, params)
+  config.name, config.learning_rate = 'sgd', 0.1
+  config.momentum = 0.0
+  for multiplier in (0.5, 0.0):
+    config.encoder_learning_rate_multiplier = multiplier
+    tx = optim.make_optimizer(config, 10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates['head']['w'], -0.1)
+    np.testing.assert_allclose(updates['encoder']['w'], -0.1 * multiplier)
+  assert optim.encoder_labels(params) == {'encoder': {'w': 'encoder'}, 'head': {'w': 'head'}}
+
+
+def test_class_weights_and_label_smoothing():
+  labels = np.array([0, 0, 0, 1])
+  weights = classification.balanced_class_weights(labels, 3)
+  np.testing.assert_allclose(weights, [4 / 6, 4 / 2, 0.0])
+  logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]], np.float32))
+  plain = classification.cross_entropy(logits, np.array([0, 1]))
+  np.testing.assert_allclose(plain, -np.log([0.7, 0.8]), rtol=1e-6)
+  smooth = classification.cross_entropy(logits, np.array([0, 1]), label_smoothing=0.3)
+  expected = 0.7 * -np.log([0.7, 0.8]) + 0.3 * -np.log([[0.7, 0.2, 0.1],
+                                                        [0.1, 0.8, 0.1]]).mean(axis=1)
+  np.testing.assert_allclose(smooth, expected, rtol=1e-6)
+
+
+def test_pooling_reads_only_real_tokens():
+  hidden = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3)
+  mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)
+  np.testing.assert_allclose(heads.pool(hidden, mask, 'mean')[0], hidden[0, :2].mean(axis=0))
+  np.testing.assert_allclose(heads.pool(hidden, mask, 'last'), hidden[[0, 1], [1, 3]])
+  np.testing.assert_allclose(heads.pool(hidden, mask, 'cls'), hidden[:, 0])
+
+
+def test_library_works_without_scikit_learn(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'sklearn', None)  # import sklearn now fails
+  config = pipeline_config()
+  config.pretrain.data.name = 'text_files/fortunes'
+  with pytest.raises(ConfigError, match=r"needs scikit-learn.*baseline.name='none'"):
+    config_lib.validate_pipeline(config)
+  config.baseline.name = 'none'
+  config_lib.validate_pipeline(config)
+
+
+def test_unusable_data_stops_the_pipeline_before_it_writes(tmp_path, capsys):
+  code = cli.main(['pipeline', '--config', 'configs/pipeline_fortunes.py', '--workdir',
+                   str(tmp_path / 'run'), f'--config.pretrain.data.data_dir={tmp_path}/tfds',
+                   f'--config.pretrain.data.manual_dir={tmp_path}/missing'])
+  assert code == 2
+  assert 'data.manual_dir' in capsys.readouterr().err
+  assert not (tmp_path / 'run').exists()
+
+
+def test_pipeline_derives_its_runs_from_the_pretraining_config():
+  config = pipeline_config()
+  set_keys(config.pretrain, {**TINY_GPT, 'model.dropout_rate': 0.1})
+  set_keys(config.finetune, {'text.seq_len': 32, 'optimizer.learning_rate': 1e-3,
+                             'optimizer.encoder_learning_rate_multiplier': 0.3})
+  config.finetune.regimes = ('full', 'linear_probe')
+  config.finetune.linear_probe_learning_rate = 1e-2
+  runs = config_lib.pipeline_runs(config, '/w')
+  assert list(runs) == ['pretrain', 'finetune_pretrained', 'finetune_pretrained_linear_probe',
+                        'finetune_scratch']
+  settings = {name: (r.classifier.init_from, r.text.tokenizer_path, r.optimizer.learning_rate,
+                     r.optimizer.encoder_learning_rate_multiplier, r.model.dropout_rate,
+                     r.objective.name, r.data.test_split) for name, r in runs.items()
+              if name != 'pretrain'}
+  tokenizer = '/w/pretrain/tokenizer.model'
+  assert settings == {
+      'finetune_pretrained': ('/w/pretrain', tokenizer, 1e-3, 0.3, 0.1, 'classification', ''),
+      'finetune_pretrained_linear_probe': ('/w/pretrain', tokenizer, 1e-2, 0.0, 0.1,
+                                           'classification', ''),
+      'finetune_scratch': ('', tokenizer, 1e-3, 1.0, 0.1, 'classification', '')}
+  assert runs['pretrain'] is config.pretrain
