@@ -85,3 +85,65 @@ def test_loop_on_four_devices_matches_one_device(idx_dataset, corpus, tmp_path):
     assert step == 8
     assert run.task.evaluate(params, 'test')['mse'] == pytest.approx(four[name]['test_mse'],
                                                                     rel=RTOL)
+
+
+PROCESS_WORKER = '''
+import json, sys
+from sslm_jax import config as config_lib
+from sslm_jax.train import loop
+summary = loop.train_and_evaluate(config_lib.from_json(sys.argv[1]), sys.argv[2])
+print('SUMMARY', json.dumps(summary))
+'''
+
+
+@pytest.mark.timeout(300)
+def test_loop_on_two_processes_matches_one_device_and_resumes(idx_dataset, tmp_path):
+  """The whole loop as 2 processes x 2 devices on 127.0.0.1 (gloo), stopped after 4 steps and
+  resumed by fresh processes to 8: the same numbers as one device, and process 0 alone writes."""
+  from test_parallel import free_port
+  workdir = str(tmp_path / 'two')
+  summaries = {}
+  for steps in (4, 8):  # a run of 4 steps, then the same run asked for 8: it resumes at 4
+    port = free_port()
+    procs = []
+    for i in range(2):
+      config = run_config(idx_dataset, **{'train.num_steps': steps})
+      config.parallel.num_processes, config.parallel.process_id = 2, i
+      config.parallel.coordinator_address = f'127.0.0.1:{port}'
+      procs.append(subprocess.Popen(
+          [sys.executable, '-c', PROCESS_WORKER, config_lib.to_json(config), workdir],
+          env=worker_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = []
+    try:
+      outs = [p.communicate(timeout=200)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      pytest.fail(f'2-process run of {steps} steps did not finish in 200 s')
+    for p, out in zip(procs, outs):
+      assert p.returncode == 0, out[-4000:]
+    # Every process computes the summary (evaluation is collective); compare them.
+    per_process = [json.loads(next(line for line in out.splitlines()
+                                   if line.startswith('SUMMARY '))[8:]) for out in outs]
+    assert per_process[0] == {**per_process[1], 'wall_seconds': per_process[0]['wall_seconds']}
+    summaries[steps] = per_process[0]
+  resumed = summaries[8]
+  assert resumed['processes'] == 2 and resumed['devices'] == 4
+  assert resumed['resumed_from_step'] == 4 and resumed['steps'] == 8
+  one = loop.train_and_evaluate(run_config(idx_dataset), str(tmp_path / 'one'))
+  for key in ('test_mse', 'test_kl', 'test_objective'):
+    assert resumed[key] == pytest.approx(one[key], rel=RTOL), key
+  # Process 0 alone wrote: each logged and evaluated step once, one summary, one set of pictures.
+  with open(tmp_path / 'two' / 'metrics.jsonl') as f:
+    records = [(r['step'], r['split']) for r in map(json.loads, f)]
+  with open(tmp_path / 'one' / 'metrics.jsonl') as f:
+    expected = [(r['step'], r['split']) for r in map(json.loads, f)]
+  assert len(records) == len(set(records)) and set(expected) <= set(records)
+  assert {step for step, _ in set(records) - set(expected)} == {4}  # the first run's last step
+  with open(tmp_path / 'two' / 'summary.json') as f:
+    assert json.load(f)['steps'] == 8
+  assert sorted(p.name for p in (tmp_path / 'two').iterdir()) == \
+      sorted(p.name for p in (tmp_path / 'one').iterdir())
+  run, params, step = loop.restore_params(workdir)
+  assert step == 8
+  assert run.task.evaluate(params, 'test')['mse'] == pytest.approx(resumed['test_mse'], rel=RTOL)

@@ -54,7 +54,12 @@ RESUMABLE_CHANGES = ('optimizer.learning_rate', 'train.num_epochs', 'train.num_s
                      'train.checkpoint_every_steps',
                      'train.keep_checkpoints', 'train.async_checkpoints', 'train.num_pictures',
                      'train.progress_bar', 'train.eval_batch_size', 'data.data_dir',
-                     'data.manual_dir')
+                     'data.manual_dir',
+                     # Where and how the same computation runs: a resumed job may get another
+                     # coordinator, other process ids or devices (checkpoints are unplaced).
+                     'parallel.mode', 'parallel.mesh_data', 'parallel.mesh_fsdp',
+                     'parallel.coordinator_address', 'parallel.num_processes',
+                     'parallel.process_id')
 # A text VAE's evaluation only: importance samples of its bound, the baseline reported beside it.
 RESUMABLE_CHANGES += ('text_vae.iw_samples', 'text_vae.eval_iw_samples',
                       'text_vae.baseline_workdir')
