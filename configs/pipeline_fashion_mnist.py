@@ -17,7 +17,7 @@ images without labels; test (10,000) is read once per model.
 import os
 import runpy
 
-from sslm_jax.config import pipeline_config
+from sslm_jax.pipeline_config import pipeline_config
 
 _demo = runpy.run_path(os.path.join(os.path.dirname(__file__), 'demo.py'))
 

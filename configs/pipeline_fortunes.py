@@ -20,7 +20,7 @@ Sized for 2 CPU cores in under an hour.
 import os
 import runpy
 
-from sslm_jax.config import pipeline_config
+from sslm_jax.pipeline_config import pipeline_config
 
 _gpt_fortunes = runpy.run_path(os.path.join(os.path.dirname(__file__), 'gpt_fortunes.py'))
 
@@ -29,7 +29,6 @@ def get_config():
   config = pipeline_config()
   config.name = 'fortunes_topics'
   config.pretrain = _gpt_fortunes['get_config']()
-  config.pretrain.text.num_samples = 2
 
   f = config.finetune
   f.regimes = ('full', 'linear_probe')

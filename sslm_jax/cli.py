@@ -29,6 +29,7 @@ def _load_config(argv: list[str], command: str = 'train'):
   from absl import flags
   from ml_collections import config_flags
   from sslm_jax import config as config_lib
+  from sslm_jax import pipeline_config as pipeline_lib
   flag_values = flags.FlagValues()
   try:  # absl, OS, attribute and type errors: each becomes one config error message
     config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
@@ -48,10 +49,10 @@ def _load_config(argv: list[str], command: str = 'train'):
     path = config_flags.get_config_filename(flag_values['config'])
     if 'pretrain' not in config:
       raise config_lib.ConfigError(f'{path} is not a pipeline config; allowed: one built on '
-                                   f'sslm_jax.config.pipeline_config() (configs/pipeline_*.py)')
+                                   f'sslm_jax.pipeline_config.pipeline_config() (configs/pipeline_*.py)')
     workdir = flag_values.workdir or os.path.join(
         'runs', os.path.splitext(os.path.basename(path))[0])
-    return config_lib.validate_pipeline(config), workdir
+    return pipeline_lib.validate_pipeline(config), workdir
   if config is None or flag_values.workdir is None:
     raise config_lib.ConfigError('train needs --config FILE and --workdir DIR')
   return config_lib.validate(config), flag_values.workdir

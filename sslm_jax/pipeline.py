@@ -1,6 +1,6 @@
 """The seed's pipeline in one call: data, self-supervised pretraining, fine-tuning, evaluation.
 
-`run_pipeline(config, workdir)` (config: `sslm_jax.config.pipeline_config()`) runs, in order:
+`run_pipeline(config, workdir)` (config: `sslm_jax.pipeline_config.pipeline_config()`) runs, in order:
 
   data                      the labelled splits and their statistics (data_stats.json)
   pretrain                  the self-supervised run               -> <workdir>/pretrain
@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from sslm_jax import config as config_lib
+from sslm_jax import pipeline_config as pipeline_lib
 from sslm_jax.data import labels as label_data
 from sslm_jax.eval import baselines, report as report_lib
 from sslm_jax.eval import metrics as metrics_lib
@@ -182,12 +182,12 @@ def majority_baseline(run_config, cache: dict, num_classes: int) -> dict:
 
 def run_pipeline(config, workdir: str, *, command: str = '') -> dict:
   """Runs (or resumes) every step; returns report.json's content."""
-  config_lib.validate_pipeline(config)
+  pipeline_lib.validate_pipeline(config)
   workdir = os.path.abspath(workdir)
-  runs = config_lib.pipeline_runs(config, workdir)
+  runs = pipeline_lib.pipeline_runs(config, workdir)
   for name, run_config in runs.items():  # every saved run must fit before anything starts
     loop.check_workdir(run_config, os.path.join(workdir, name))
-  finetunes = [name for name in runs if name != config_lib.PRETRAIN_RUN]
+  finetunes = [name for name in runs if name != pipeline_lib.PRETRAIN_RUN]
   # The splits every fine-tuning run reads; the test split only the pipeline reads.
   test_split = config.finetune.data.test_split
   labelled = copy.deepcopy(runs[finetunes[0]])
@@ -202,9 +202,9 @@ def run_pipeline(config, workdir: str, *, command: str = '') -> dict:
   timings = _Timings(workdir)
   timings.add('data', time.time() - started)
   summaries, results = {}, {}
-  with timings.step(config_lib.PRETRAIN_RUN):
-    summaries[config_lib.PRETRAIN_RUN] = loop.train_and_evaluate(
-        config.pretrain, os.path.join(workdir, config_lib.PRETRAIN_RUN))
+  with timings.step(pipeline_lib.PRETRAIN_RUN):
+    summaries[pipeline_lib.PRETRAIN_RUN] = loop.train_and_evaluate(
+        config.pretrain, os.path.join(workdir, pipeline_lib.PRETRAIN_RUN))
   for name in finetunes:
     run_dir = os.path.join(workdir, name)
     with timings.step(name):

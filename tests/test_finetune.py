@@ -17,7 +17,9 @@ from conftest import SYLLABLES, sentences
 from sslm_jax import cli
 from sslm_jax import config as config_lib
 from sslm_jax import pipeline
-from sslm_jax.config import ConfigError, pipeline_config
+from sslm_jax import pipeline_config as pipeline_lib
+from sslm_jax.config import ConfigError
+from sslm_jax.pipeline_config import pipeline_config
 from sslm_jax.data import labels as label_data
 from sslm_jax.models import heads
 from sslm_jax.objectives import classification
@@ -139,7 +141,7 @@ def test_text_pipeline_writes_the_report(text_run):
 def test_loading_the_pretraining_checkpoint_keeps_the_encoder_bit_identical(text_run):
   config, workdir, _ = text_run
   _, pretrained, _ = loop.restore_params(str(workdir / 'pretrain'))
-  runs = config_lib.pipeline_runs(config, str(workdir))
+  runs = pipeline_lib.pipeline_runs(config, str(workdir))
   run = loop.setup(runs['finetune_pretrained'], str(workdir / 'unused'))
   params = run.init_state.params
   assert set(params) == {'encoder', 'head'}
@@ -200,7 +202,7 @@ def test_pipeline_config_errors_are_named_before_any_work(tmp_path, capsys):
   with pytest.raises(ConfigError, match="pretrain.objective.name='classification'"):
     config = pipeline_config()
     config.pretrain.objective.name = 'classification'
-    config_lib.validate_pipeline(config)
+    pipeline_lib.validate_pipeline(config)
   assert cli.main(['pipeline', '--config', 'configs/demo.py']) == 2
   assert 'is not a pipeline config' in capsys.readouterr().err
 
@@ -273,9 +275,9 @@ def test_library_works_without_scikit_learn(monkeypatch):
   config = pipeline_config()
   config.pretrain.data.name = 'text_files/fortunes'
   with pytest.raises(ConfigError, match=r"needs scikit-learn.*baseline.name='none'"):
-    config_lib.validate_pipeline(config)
+    pipeline_lib.validate_pipeline(config)
   config.baseline.name = 'none'
-  config_lib.validate_pipeline(config)
+  pipeline_lib.validate_pipeline(config)
 
 
 def test_unusable_data_stops_the_pipeline_before_it_writes(tmp_path, capsys):
@@ -294,7 +296,7 @@ def test_pipeline_derives_its_runs_from_the_pretraining_config():
                              'optimizer.encoder_learning_rate_multiplier': 0.3})
   config.finetune.regimes = ('full', 'linear_probe')
   config.finetune.linear_probe_learning_rate = 1e-2
-  runs = config_lib.pipeline_runs(config, '/w')
+  runs = pipeline_lib.pipeline_runs(config, '/w')
   assert list(runs) == ['pretrain', 'finetune_pretrained', 'finetune_pretrained_linear_probe',
                         'finetune_scratch']
   settings = {name: (r.classifier.init_from, r.text.tokenizer_path, r.optimizer.learning_rate,

@@ -75,9 +75,9 @@ def test_bound_loss_is_differentiable_batch_mean():
   config = base_config()
   model = build_model(config.model)
   x = jax.random.uniform(jax.random.PRNGKey(0), (4, 32, 32, 1), minval=-1, maxval=1)
-  params = model.init(jax.random.PRNGKey(1), x, jax.random.PRNGKey(2))['params']
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), x, jax.random.PRNGKey(2))['params']
   loss_fn = bind_loss(model, config.objective)
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
       params, {'image': x}, jax.random.PRNGKey(3))
   assert float(loss) == pytest.approx(float(metrics['objective']))
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))

@@ -7,6 +7,7 @@ The tiny GPT has no dropout, so both of its layouts must match one device withou
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -31,6 +32,13 @@ def run_config(idx_dataset, **extra):
                         **extra})
 
 
+@pytest.fixture(scope='module')
+def one_device(idx_dataset, tmp_path_factory):
+  """(summary, workdir) of the VAE run on this process's one device, the reference of both tests."""
+  workdir = str(tmp_path_factory.mktemp('one'))
+  return loop.train_and_evaluate(run_config(idx_dataset), workdir), workdir
+
+
 WORKER = '''
 import json, sys
 from sslm_jax import config as config_lib
@@ -48,7 +56,7 @@ def gpt_config(corpus, **extra):
 
 
 @pytest.mark.timeout(300)
-def test_loop_on_four_devices_matches_one_device(idx_dataset, corpus, tmp_path):
+def test_loop_on_four_devices_matches_one_device(idx_dataset, corpus, one_device, tmp_path):
   jobs = {name: (config_lib.to_json(run_config(idx_dataset, **extra)), str(tmp_path / name))
           for name, extra in RUNS.items()}
   # The single-device GPT first: it prepares the data and trains the tokenizer the others reuse.
@@ -61,7 +69,7 @@ def test_loop_on_four_devices_matches_one_device(idx_dataset, corpus, tmp_path):
   worker = subprocess.Popen([sys.executable, '-c', WORKER, json.dumps(jobs)], env=worker_env(4),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   # Meanwhile, the single-device references in this process.
-  one = loop.train_and_evaluate(run_config(idx_dataset), str(tmp_path / 'one'))
+  one = one_device[0]
   accum4 = loop.train_and_evaluate(run_config(idx_dataset, **{'train.grad_accum_steps': 4}),
                                    str(tmp_path / 'accum4'))
   try:
@@ -97,7 +105,7 @@ print('SUMMARY', json.dumps(summary))
 
 
 @pytest.mark.timeout(300)
-def test_loop_on_two_processes_matches_one_device_and_resumes(idx_dataset, tmp_path):
+def test_loop_on_two_processes_matches_one_device_and_resumes(idx_dataset, one_device, tmp_path):
   """The whole loop as 2 processes x 2 devices on 127.0.0.1 (gloo), stopped after 4 steps and
   resumed by fresh processes to 8: the same numbers as one device, and process 0 alone writes."""
   from test_parallel import free_port
@@ -130,20 +138,20 @@ def test_loop_on_two_processes_matches_one_device_and_resumes(idx_dataset, tmp_p
   resumed = summaries[8]
   assert resumed['processes'] == 2 and resumed['devices'] == 4
   assert resumed['resumed_from_step'] == 4 and resumed['steps'] == 8
-  one = loop.train_and_evaluate(run_config(idx_dataset), str(tmp_path / 'one'))
+  one, one_dir = one_device
   for key in ('test_mse', 'test_kl', 'test_objective'):
     assert resumed[key] == pytest.approx(one[key], rel=RTOL), key
   # Process 0 alone wrote: each logged and evaluated step once, one summary, one set of pictures.
   with open(tmp_path / 'two' / 'metrics.jsonl') as f:
     records = [(r['step'], r['split']) for r in map(json.loads, f)]
-  with open(tmp_path / 'one' / 'metrics.jsonl') as f:
+  with open(os.path.join(one_dir, 'metrics.jsonl')) as f:
     expected = [(r['step'], r['split']) for r in map(json.loads, f)]
   assert len(records) == len(set(records)) and set(expected) <= set(records)
   assert {step for step, _ in set(records) - set(expected)} == {4}  # the first run's last step
   with open(tmp_path / 'two' / 'summary.json') as f:
     assert json.load(f)['steps'] == 8
   assert sorted(p.name for p in (tmp_path / 'two').iterdir()) == \
-      sorted(p.name for p in (tmp_path / 'one').iterdir())
+      sorted(os.listdir(one_dir))
   run, params, step = loop.restore_params(workdir)
   assert step == 8
   assert run.task.evaluate(params, 'test')['mse'] == pytest.approx(resumed['test_mse'], rel=RTOL)

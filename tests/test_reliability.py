@@ -87,9 +87,9 @@ def test_kill_right_after_a_checkpoint_then_resume(tmp_path, idx_dataset, refere
   assert_bit_identical(final_params(tmp_path), reference)
 
 
-@pytest.mark.parametrize('seed', [1, 2])
-def test_kill_at_a_random_moment_then_resume(tmp_path, idx_dataset, reference, seed):
-  delay = random.Random(seed).uniform(0.0, 1.5)
+def test_kill_at_a_random_moment_then_resume(tmp_path, idx_dataset, reference):
+  delay = random.Random().uniform(0.0, 1.5)  # a different moment each run of the suite
+  print(f'killing {delay:.3f} s after checkpoint 20')
   proc = start(tmp_path, idx_dataset[0])
   # Count from the first checkpoint, so that the rerun has something to resume from.
   assert wait_for(lambda: os.path.isdir(tmp_path / 'checkpoints' / '20'))

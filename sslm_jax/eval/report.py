@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from sslm_jax import config as config_lib
+from sslm_jax import pipeline_config as pipeline_lib
 from sslm_jax.eval import plots
 from sslm_jax.train import writers
 
@@ -22,10 +22,10 @@ def _entries(config, results: dict) -> dict:
   entries = {}
   regimes = config.finetune.regimes
   for i, regime in enumerate(regimes):
-    run = config_lib.finetune_run_name(regime)
+    run = pipeline_lib.finetune_run_name(regime)
     entries['pretrained' if i == 0 else f'pretrained_{regime}'] = (run, regime)
-  if config_lib.SCRATCH_RUN in results:
-    entries['scratch'] = (config_lib.SCRATCH_RUN, 'full')
+  if pipeline_lib.SCRATCH_RUN in results:
+    entries['scratch'] = (pipeline_lib.SCRATCH_RUN, 'full')
   out = {}
   for key, (run, regime) in entries.items():
     r = results[run]
@@ -61,8 +61,8 @@ def _epochs_per_step(summary: dict) -> float:
 
 
 def _curves_picture(path: str, curves: dict, summaries: dict, eval_splits: dict) -> None:
-  pre = curves.get(config_lib.PRETRAIN_RUN, [])
-  pre_eval = eval_splits[config_lib.PRETRAIN_RUN]
+  pre = curves.get(pipeline_lib.PRETRAIN_RUN, [])
+  pre_eval = eval_splits[pipeline_lib.PRETRAIN_RUN]
   evals = [r for r in pre if r['split'] == pre_eval]
   # An evaluation reports the training objective as 'loss' (text) or 'objective' (images).
   key = 'loss' if evals and 'loss' in evals[0] else 'objective'
@@ -72,7 +72,7 @@ def _curves_picture(path: str, curves: dict, summaries: dict, eval_splits: dict)
       f'{pre_eval} {key}': ([r['step'] for r in evals], [r.get(key, np.nan) for r in evals])}}]
   loss, f1 = {}, {}
   for name, records in curves.items():
-    if name == config_lib.PRETRAIN_RUN:
+    if name == pipeline_lib.PRETRAIN_RUN:
       continue
     per_step = _epochs_per_step(summaries.get(name, {}))
     label = name.replace('finetune_', '')
@@ -118,13 +118,13 @@ def write_report(workdir: str, *, config, runs: dict, stats: dict, summaries: di
       'test_split': test['name'], 'test_examples': test['examples'],
       'metric_notes': 'macro means over the classes present in the test labels or '
                       'predictions; checkpoints selected on validation macro-F1 only',
-      'pretrain': {k: v for k, v in summaries.get(config_lib.PRETRAIN_RUN, {}).items()
+      'pretrain': {k: v for k, v in summaries.get(pipeline_lib.PRETRAIN_RUN, {}).items()
                    if isinstance(v, (int, float, str))},
       'wall_seconds': {k: v['seconds'] for k, v in timings.items()},
   }
   writers.write_json(os.path.join(workdir, 'report.json'), report)
 
-  main = config_lib.finetune_run_name(config.finetune.regimes[0])
+  main = pipeline_lib.finetune_run_name(config.finetune.regimes[0])
   plots.save_confusion_matrix(os.path.join(workdir, 'confusion_matrix.png'),
                               np.asarray(results[main]['confusion']), names,
                               title=f'pretrained, {test["name"]}')
@@ -174,7 +174,7 @@ def write_report(workdir: str, *, config, runs: dict, stats: dict, summaries: di
     md += [f'Texts longer than text.seq_len={runs[main].text.seq_len} tokens (cut): '
            f'{ft["train_truncated_fraction"]:.1%} of the training split.', '']
 
-  pre = summaries.get(config_lib.PRETRAIN_RUN, {})
+  pre = summaries.get(pipeline_lib.PRETRAIN_RUN, {})
   md += ['## Pretraining', '']
   md += [f'{pre_cfg.model.name} / {pre_cfg.objective.name}: {pre.get("parameters", "?")} '
          f'parameters, {pre.get("steps", "?")} steps ({_fmt(pre.get("epochs"), 2)} epochs) of '
@@ -182,7 +182,7 @@ def write_report(workdir: str, *, config, runs: dict, stats: dict, summaries: di
          f'{pre_cfg.optimizer.learning_rate}. Final {pre_cfg.data.eval_split} ' +
          ', '.join(f'{k} {_fmt(pre[f"{pre_cfg.data.eval_split}_{k}"], 4)}' for k in
                    _PRETRAIN_METRICS if f'{pre_cfg.data.eval_split}_{k}' in pre) + '.', '']
-  records = curves.get(config_lib.PRETRAIN_RUN, [])
+  records = curves.get(pipeline_lib.PRETRAIN_RUN, [])
   evals = [r for r in records if r['split'] == pre_cfg.data.eval_split]
   train = [r for r in records if r['split'] == 'train']
   keys = [k for k in _PRETRAIN_METRICS if evals and k in evals[0]]
@@ -196,7 +196,7 @@ def write_report(workdir: str, *, config, runs: dict, stats: dict, summaries: di
   md += ['## Fine-tuning', '']
   rows = []
   for name in runs:
-    if name == config_lib.PRETRAIN_RUN:
+    if name == pipeline_lib.PRETRAIN_RUN:
       continue
     c, s = runs[name], summaries.get(name, {})
     rows.append([name, 'yes' if c.classifier.init_from else 'no',
@@ -205,7 +205,7 @@ def write_report(workdir: str, *, config, runs: dict, stats: dict, summaries: di
                  c.objective.class_weights, c.classifier.pooling, results[name]['selected_step']])
   md += _table(['run', 'pretrained', 'encoder lr x', 'lr', 'batch', 'steps', 'epochs',
                 'class weights', 'pooling', 'selected step'], rows)
-  fine = [n for n in runs if n != config_lib.PRETRAIN_RUN]
+  fine = [n for n in runs if n != pipeline_lib.PRETRAIN_RUN]
   by_step = {}
   for name in fine:
     for r in curves.get(name, []):
@@ -219,7 +219,7 @@ def write_report(workdir: str, *, config, runs: dict, stats: dict, summaries: di
   md += ['## Per class (test F1)', '']
   train_counts = stats['splits']['train']['class_counts']
   cols = [k for k in ('pretrained', 'scratch', 'baseline') if k in entries]
-  runs_of = {'pretrained': main, 'scratch': config_lib.SCRATCH_RUN, 'baseline': 'baseline'}
+  runs_of = {'pretrained': main, 'scratch': pipeline_lib.SCRATCH_RUN, 'baseline': 'baseline'}
   rows = [[names[i], train_counts[i], results[main]['support'][i]] +
           [results[runs_of[k]]['per_class_f1'][i] for k in cols] for i in range(len(names))]
   md += _table(['class', 'train examples', 'test support'] + [f'F1 {k}' for k in cols], rows)
