@@ -22,30 +22,26 @@ An encoder warm start: train with --config.text_vae.autoencoder=True, then pass 
 --config.text_vae.encoder_init_from (with --config.text.tokenizer_path=<it>/tokenizer.model).
 """
 
-from sslm_jax.config import base_config
+import os
+import runpy
+
+# The data, tokenizer size and optimizer of the GPT config; model, rows and schedule below.
+_gpt_fortunes = runpy.run_path(os.path.join(os.path.dirname(__file__), 'gpt_fortunes.py'))
 
 BASELINE_WORKDIR = 'runs/text_vae_fortunes_lm'
 
 
 def get_config():
-  config = base_config()
-  config.data.name = 'text_files/fortunes'
-  config.data.manual_dir = '/usr/share/games/fortunes'
-  config.data.data_dir = 'data/tfds'
-  config.data.eval_split = 'validation'
-  config.data.test_split = 'test'
-
-  config.text.vocab_size = 4096
+  config = _gpt_fortunes['get_config']()
   config.text.seq_len = 48
+  config.text.sample_prompt = ''
 
   config.model.name = 'text_vae'
   config.model.latent_dim = 32
   config.model.num_layers = 3        # the decoder
-  config.model.num_heads = 4
   config.model.embed_dim = 128
   config.model.mlp_dim = 512
   config.model.max_len = 48
-  config.model.dropout_rate = 0.1
   config.model.encoder_type = 'transformer'
   config.model.encoder_layers = 2
   config.model.latent_conditioning = 'both'
@@ -60,19 +56,8 @@ def get_config():
   config.text_vae.eval_iw_samples = 4
   config.text_vae.baseline_workdir = BASELINE_WORKDIR
 
-  config.optimizer.name = 'adamw'
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.schedule = 'warmup_cosine'
-  config.optimizer.warmup_steps = 200
-  config.optimizer.end_learning_rate_factor = 0.1
-  config.optimizer.b2 = 0.99
-  config.optimizer.weight_decay = 0.1
-  config.optimizer.grad_clip_norm = 1.0
-
-  config.train.batch_size = 32
-  config.train.num_steps = 2500      # about 9.5 epochs of the 8,400 training sentences
-  config.train.eval_batch_size = 64
-  config.train.log_every_steps = 50
+  config.train.num_steps = 2500      # about 9.5 epochs of the 8,400 training sentences (wins
+                                     # over train.num_epochs)
   config.train.eval_every_steps = 500
   config.train.checkpoint_every_steps = 500
   return config

@@ -16,7 +16,7 @@ from sslm_jax.config import ConfigError, base_config, validate
 from sslm_jax.eval import text_vae as tv_eval
 from sslm_jax.models import GPT, build_classifier
 from sslm_jax.models.conv_vae import reparameterize
-from sslm_jax.models.text_vae import TextVAE, interpolate
+from sslm_jax.models.text_vae import TextVAE, generate_from_latent, interpolate
 from sslm_jax.objectives import lm
 from sslm_jax.objectives import text_vae as tv
 from sslm_jax.train import loop
@@ -234,6 +234,18 @@ def test_decoder_without_latent_is_a_gpt_and_latent_means_feed_a_classifier(para
   as_lm, as_gpt, logits, expected = outputs(gpt_params, params)
   np.testing.assert_allclose(as_lm, as_gpt, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_generation_from_a_latent_is_the_same_with_and_without_the_cache(params):
+  """Greedy decoding given z: the key/value cache (prefix with the prompt, then one token a step
+  with z's embedding) gives the tokens of recomputing the whole prefix each step."""
+  z = jax.random.normal(jax.random.PRNGKey(5), (3, MODEL.latent_dim)) * 3
+  prompt = jnp.full((3, 1), VOCAB.bos_id, jnp.int32)
+  runs = [generate_from_latent(MODEL, params, z, prompt, max_new_tokens=6,
+                               rng=jax.random.PRNGKey(0), temperature=0.0, use_cache=cache)
+          for cache in (True, False)]
+  np.testing.assert_array_equal(runs[0], runs[1])
+  assert runs[0].shape == (3, 7) and len({tuple(r) for r in np.asarray(runs[0])}) > 1  # z matters
 
 
 def test_text_vae_config_errors_name_the_key():

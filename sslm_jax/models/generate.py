@@ -94,16 +94,22 @@ def generate(model: GPT, params, prompt: jax.Array, *, max_new_tokens: int, rng:
   if max_new_tokens == 0:
     return prompt.astype(jnp.int32)
   variables = {'params': params['params'] if 'params' in params else params}
-  return _generate(model.clone(decode=False), variables, prompt.astype(jnp.int32), rng,
-                   max_new_tokens=max_new_tokens, temperature=float(temperature),
-                   top_k=int(top_k), top_p=float(top_p), use_cache=bool(use_cache),
-                   eos_id=None if eos_id is None else int(eos_id))
+  return decode_tokens(model.clone(decode=False), variables, prompt.astype(jnp.int32), rng,
+                       max_new_tokens=max_new_tokens, temperature=float(temperature),
+                       top_k=int(top_k), top_p=float(top_p), use_cache=bool(use_cache),
+                       eos_id=None if eos_id is None else int(eos_id))
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'temperature', 'top_k',
-                                             'top_p', 'use_cache', 'eos_id'))
-def _generate(model, variables, prompt, rng, *, max_new_tokens, temperature, top_k, top_p,
-              use_cache, eos_id):
+                                             'top_p', 'use_cache', 'eos_id', 'step_kwargs'))
+def decode_tokens(model, variables, prompt, rng, conditioning=(), *, max_new_tokens, temperature,
+                  top_k, top_p, use_cache, eos_id, step_kwargs=()):
+  """The sampling loop of `generate`, for any causal model with a `decode` field and a cache.
+
+  `conditioning`: arrays every call of the model gets after the tokens (a text VAE's z);
+  `step_kwargs`: (name, value) pairs for the one-token cached calls only. Arguments are
+  checked by the callers.
+  """
   batch, prompt_len = prompt.shape
 
   def pick(logits, i, done):
@@ -123,7 +129,7 @@ def _generate(model, variables, prompt, rng, *, max_new_tokens, temperature, top
     def full_step(carry, i):
       tokens, done = carry
       # Causal: the zeros after the current position do not change its logits.
-      logits = model.apply(variables, tokens)
+      logits = model.apply(variables, tokens, *conditioning)
       last = lax.dynamic_index_in_dim(logits, prompt_len + i - 1, axis=1, keepdims=False)
       token, done = pick(last, i, done)
       return (tokens.at[:, prompt_len + i].set(token), done), None
@@ -134,15 +140,16 @@ def _generate(model, variables, prompt, rng, *, max_new_tokens, temperature, top
   decoder = model.clone(decode=True)
   # Every cache variable starts at zero, so its shapes are all that init has to tell.
   shapes = jax.eval_shape(decoder.init, jax.random.key(0),
-                          jnp.zeros((batch, model.max_len), jnp.int32))
+                          jnp.zeros((batch, model.max_len), jnp.int32), *conditioning)
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
-  logits, state = decoder.apply({**variables, 'cache': cache}, prompt, mutable=['cache'])
+  logits, state = decoder.apply({**variables, 'cache': cache}, prompt, *conditioning,
+                                mutable=['cache'])
   first, done = pick(logits[:, -1], 0, done)
 
   def cached_step(carry, i):
     cache, token, done = carry
-    logits, state = decoder.apply({**variables, 'cache': cache}, token[:, None],
-                                  mutable=['cache'])
+    logits, state = decoder.apply({**variables, 'cache': cache}, token[:, None], *conditioning,
+                                  **dict(step_kwargs), mutable=['cache'])
     token, done = pick(logits[:, -1], i, done)
     return (state['cache'], token, done), token
 

@@ -29,10 +29,9 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from sslm_jax.models.conv_vae import reparameterize
-from sslm_jax.models.generate import filter_logits, sample_logits
+from sslm_jax.models.generate import decode_tokens, filter_logits
 from sslm_jax.models.transformer import _Transformer
 
 CONDITIONINGS = ('embedding', 'prefix', 'both', 'none')
@@ -239,57 +238,12 @@ def generate_from_latent(model: TextVAE, params, z: jax.Array, prompt: jax.Array
   if max_new_tokens == 0:
     return prompt
   params = params['params'] if 'params' in params else params
-  return _generate(model.decoder_module(), {'params': params['decoder']}, prompt, z, rng,
-                   max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                   top_k=int(top_k), top_p=float(top_p), use_cache=bool(use_cache),
-                   eos_id=None if eos_id is None else int(eos_id))
-
-
-@functools.partial(jax.jit, static_argnames=('decoder', 'max_new_tokens', 'temperature',
-                                             'top_k', 'top_p', 'use_cache', 'eos_id'))
-def _generate(decoder, variables, prompt, z, rng, *, max_new_tokens, temperature, top_k, top_p,
-              use_cache, eos_id):
-  batch, prompt_len = prompt.shape
-
-  def pick(logits, i, done):
-    token = sample_logits(logits, jax.random.fold_in(rng, i), temperature=temperature,
-                          top_k=top_k, top_p=top_p)
-    if eos_id is not None:
-      token = jnp.where(done, eos_id, token)
-      done = done | (token == eos_id)
-    return token, done
-
-  done = jnp.zeros((batch,), bool)
-  if not use_cache:
-    tokens = jnp.zeros((batch, prompt_len + max_new_tokens), jnp.int32)
-    tokens = tokens.at[:, :prompt_len].set(prompt)
-
-    def full_step(carry, i):
-      tokens, done = carry
-      logits = decoder.apply(variables, tokens, z)  # causal: later zeros change nothing
-      last = lax.dynamic_index_in_dim(logits, prompt_len + i - 1, axis=1, keepdims=False)
-      token, done = pick(last, i, done)
-      return (tokens.at[:, prompt_len + i].set(token), done), None
-
-    (tokens, _), _ = lax.scan(full_step, (tokens, done), jnp.arange(max_new_tokens))
-    return tokens
-
-  cached = decoder.clone(decode=True)
-  shapes = jax.eval_shape(cached.init, jax.random.key(0),
-                          jnp.zeros((batch, decoder.max_len), jnp.int32), z)
-  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
-  logits, state = cached.apply({**variables, 'cache': cache}, prompt, z, mutable=['cache'])
-  first, done = pick(logits[:, -1], 0, done)
-
-  def cached_step(carry, i):
-    cache, token, done = carry
-    logits, state = cached.apply({**variables, 'cache': cache}, token[:, None], z, prefix=False,
-                                 mutable=['cache'])
-    token, done = pick(logits[:, -1], i, done)
-    return (state['cache'], token, done), token
-
-  _, rest = lax.scan(cached_step, (state['cache'], first, done), jnp.arange(1, max_new_tokens))
-  return jnp.concatenate([prompt, first[:, None], rest.T], axis=1)
+  # The prefix vectors of z go in with the prompt; single-token steps add z's embedding only.
+  return decode_tokens(model.decoder_module(), {'params': params['decoder']}, prompt, rng, (z,),
+                       max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                       top_k=int(top_k), top_p=float(top_p), use_cache=bool(use_cache),
+                       eos_id=None if eos_id is None else int(eos_id),
+                       step_kwargs=(('prefix', False),))
 
 
 def interpolate(a: jax.Array, b: jax.Array, steps: int) -> jax.Array:
