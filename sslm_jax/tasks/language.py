@@ -13,7 +13,6 @@ end of each document counted as one character (it is one predicted token, like a
 """
 
 import functools
-import math
 import os
 from typing import Callable
 
@@ -206,5 +205,4 @@ class LanguageTask:
             'train_rows': len(train['tokens']),
             'train_tokens': int(train['tokens'].size),
             'chars_per_token': train['chars_per_token'],
-            'vocab_size': self.tokenizer.vocab_size,
-            'bits_per_nat': 1 / math.log(2)}
+            'vocab_size': self.tokenizer.vocab_size}

@@ -344,8 +344,7 @@ class TextVAETask:
              'train_rows': len(train['tokens']),
              'train_dropped_long_fraction': self._dropped[d.train_split],
              'vocab_size': self.tokenizer.vocab_size, 'latent_dim': m.latent_dim,
-             'encoder_type': m.encoder_type, 'latent_conditioning': m.latent_conditioning,
-             'bits_per_nat': 1 / math.log(2)}
+             'encoder_type': m.encoder_type, 'latent_conditioning': m.latent_conditioning}
     if self.config.text_vae.baseline_workdir:
       facts.update(baseline_workdir=self.config.text_vae.baseline_workdir,
                    baseline_step=self.baseline_step)
