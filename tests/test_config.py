@@ -1,3 +1,7 @@
+import glob
+import os
+import runpy
+
 import pytest
 
 from sslm_jax import config as config_lib
@@ -57,3 +61,16 @@ def test_json_round_trip_keeps_tuples():
   back = config_lib.from_json(config_lib.to_json(c))
   assert back.model.encoder_features == (64, 128, 256)
   assert config_lib.differences(c, back) == {}
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', '*.py'))),
+    ids=os.path.basename)
+def test_every_shipped_config_is_valid(path):
+  """Each configs/*.py loads and passes its validation (a pipeline's covers the runs it derives)."""
+  from sslm_jax import pipeline_config
+  config = runpy.run_path(path)['get_config']()
+  if 'pretrain' in config:
+    pipeline_config.validate_pipeline(config)
+  else:
+    validate(config)
