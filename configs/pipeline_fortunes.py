@@ -7,7 +7,7 @@ Split: the text_files builder's fixed hash split (SHA-256 of each cookie: 80/10/
   1. pretrain: the small GPT of configs/gpt_fortunes.py, causal LM on the training split's text
      (no labels), 6 epochs.
   2. fine-tune: mean-pooled final hidden states -> linear head over 43 classes, balanced class
-     weights; full fine-tuning (AdamW 1e-3, the encoder at 0.3x) and a linear probe (encoder
+     weights; full fine-tuning (AdamW 1e-3, the encoder too) and a linear probe (encoder
      frozen, 1e-2); 3 epochs each, one cookie a row cut to 64 tokens (77% fit).
   3. the same classifier from random weights with the same budget, and TF-IDF + LinearSVC
      (C chosen on validation, balanced class weights) on the same splits.
@@ -39,7 +39,9 @@ def get_config():
   f.classifier.pooling = 'mean'
   f.optimizer.name = 'adamw'
   f.optimizer.learning_rate = 1e-3
-  f.optimizer.encoder_learning_rate_multiplier = 0.3  # scratch trains everything at 1e-3
+  # The encoder at the head's rate: chosen on validation macro-F1, where 1.0 beat 0.3 for the
+  # GPT (0.459 vs 0.430) and for the BERT of pipeline_fortunes_bert.py (0.386 vs 0.322).
+  f.optimizer.encoder_learning_rate_multiplier = 1.0
   f.optimizer.schedule = 'warmup_cosine'
   f.optimizer.warmup_steps = 100
   f.optimizer.end_learning_rate_factor = 0.1
