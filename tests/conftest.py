@@ -28,12 +28,17 @@ def tiny_overrides(**extra) -> list[str]:
   return [f'--config.{k}={v}' for k, v in {**TINY_RUN, **extra}.items()]
 
 
-def tiny_config(**extra):
+def config_with(overrides: dict):
+  """base_config() with {'section.key': value} set."""
   config = base_config()
-  for key, value in {**TINY_RUN, **extra}.items():
+  for key, value in overrides.items():
     section, name = key.split('.')
     setattr(config[section], name, value)
   return config
+
+
+def tiny_config(**extra):
+  return config_with({**TINY_RUN, **extra})
 
 
 def make_idx_dir(folder, num_train=256, num_test=100, seed=0, gz=True):

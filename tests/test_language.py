@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from conftest import config_with
 from sslm_jax import cli
-from sslm_jax.config import base_config
 from sslm_jax.train import loop
 
 TINY_TEXT = {
@@ -21,13 +21,9 @@ TINY_TEXT = {
 
 
 def text_config(corpus, **extra):
-  config = base_config()
   data_dir, manual_dir = corpus
-  for key, value in {**TINY_TEXT, 'data.data_dir': data_dir, 'data.manual_dir': manual_dir,
-                     **extra}.items():
-    section, name = key.split('.')
-    setattr(config[section], name, value)
-  return config
+  return config_with({**TINY_TEXT, 'data.data_dir': data_dir, 'data.manual_dir': manual_dir,
+                      **extra})
 
 
 def train_losses(workdir):

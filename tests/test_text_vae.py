@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SYLLABLES
+from conftest import SYLLABLES, config_with
 from sslm_jax import cli
 from sslm_jax.config import ConfigError, base_config, validate
 from sslm_jax.eval import text_vae as tv_eval
@@ -300,13 +300,9 @@ def sentence_corpus(tmp_path_factory):
 
 
 def vae_config(corpus, **extra):
-  config = base_config()
   data_dir, manual_dir = corpus
-  for key, value in {**TINY_VAE, 'data.data_dir': data_dir, 'data.manual_dir': manual_dir,
-                     **extra}.items():
-    section, name = key.split('.')
-    setattr(config[section], name, value)
-  return config
+  return config_with({**TINY_VAE, 'data.data_dir': data_dir, 'data.manual_dir': manual_dir,
+                      **extra})
 
 
 @pytest.fixture(scope='module')
