@@ -1,5 +1,6 @@
 """What the side-by-side train-step benchmarks share: timing, memory, and the run's metadata."""
 
+import json
 import os
 import platform
 import resource
@@ -40,6 +41,16 @@ def summary(times: list[float] | None, items: int, unit: str = 'examples') -> di
   median = float(np.median(ms))
   return {'ms': median, 'ms_p10': float(np.percentile(ms, 10)),
           'ms_p90': float(np.percentile(ms, 90)), f'{unit}_per_s': items / median * 1e3}
+
+
+def write_results(out_dir: str, name: str, results, table: str) -> None:
+  """<out_dir>/<name>.json (the results) and <name>.md (the table); prints the table."""
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, f'{name}.json'), 'w') as f:
+    json.dump(results, f, indent=2)
+  with open(os.path.join(out_dir, f'{name}.md'), 'w') as f:
+    f.write(table)
+  print(table)
 
 
 def command_line(module: str) -> str:

@@ -52,7 +52,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks._common import (command_line, interleaved_times, machine, peak_rss_mb, summary,
-                                timed, versions)
+                                timed, versions, write_results)
 from benchmarks.pytorch_reference.gpt import GPT as TorchGPT, causal_lm_loss
 from sslm_jax.interop import flax_gpt_params_to_torch
 from sslm_jax.models import build_model
@@ -371,13 +371,7 @@ def main(argv=None) -> list[dict]:
   meta = metadata(args, peak)
   meta['load_average_1min'] = {'start': load_before[0], 'end': os.getloadavg()[0]}
   rows = [{**row, 'meta': meta} for row in rows]
-  os.makedirs(args.out_dir, exist_ok=True)
-  with open(os.path.join(args.out_dir, 'gpt_step.json'), 'w') as f:
-    json.dump(rows, f, indent=2)
-  table = markdown(rows, meta)
-  with open(os.path.join(args.out_dir, 'gpt_step.md'), 'w') as f:
-    f.write(table)
-  print(table)
+  write_results(args.out_dir, 'gpt_step', rows, markdown(rows, meta))
   return rows
 
 

@@ -29,6 +29,10 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ('jit', 'pmap')
+sys.path.insert(0, ROOT)  # the repository root holds the `benchmarks` package
+
+from benchmarks._common import write_results  # noqa: E402  (numpy only: no JAX before XLA_FLAGS)
+
 TINY = {'encoder_features': (8, 16, 16), 'encoder_out_features': 16, 'decoder_hidden': (16,),
         'decoder_base_features': 8, 'decoder_features': (8, 8), 'latent_dim': 4}
 
@@ -192,13 +196,7 @@ def main(argv=None) -> list[dict]:
   meta = metadata(args, argv)
   meta['load_average_1min'] = {'start': load_before[0], 'end': os.getloadavg()[0]}
   meta['wall_seconds'] = time.time() - started
-  os.makedirs(args.out_dir, exist_ok=True)
-  with open(os.path.join(args.out_dir, 'parallel_step.json'), 'w') as f:
-    json.dump({'meta': meta, 'rows': rows}, f, indent=2)
-  table = markdown(rows, meta)
-  with open(os.path.join(args.out_dir, 'parallel_step.md'), 'w') as f:
-    f.write(table)
-  print(table)
+  write_results(args.out_dir, 'parallel_step', {'meta': meta, 'rows': rows}, markdown(rows, meta))
   return rows
 
 

@@ -31,7 +31,7 @@ import torch
 # repository root that holds the `benchmarks` package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._common import (command_line, interleaved_times, machine, peak_rss_mb, summary,
-                                versions)
+                                versions, write_results)
 from benchmarks.pytorch_reference.model import VAE as TorchVAE, seed_loss
 from sslm_jax.config import base_config
 from sslm_jax.interop import flax_to_torch_state_dict
@@ -222,13 +222,7 @@ def main(argv=None) -> list[dict]:
   meta = metadata(args)
   meta['load_average_1min'] = {'start': load_before[0], 'end': os.getloadavg()[0]}
   rows = [{**row, 'meta': meta} for row in rows]
-  os.makedirs(args.out_dir, exist_ok=True)
-  with open(os.path.join(args.out_dir, 'vae_step.json'), 'w') as f:
-    json.dump(rows, f, indent=2)
-  table = markdown(rows, meta)
-  with open(os.path.join(args.out_dir, 'vae_step.md'), 'w') as f:
-    f.write(table)
-  print(table)
+  write_results(args.out_dir, 'vae_step', rows, markdown(rows, meta))
   return rows
 
 
