@@ -10,7 +10,10 @@ test split of the per-pixel MSE, the KL in nats and the objective, with z sample
     --manual_dir=/usr/share/datasets/fashion-mnist --epochs=30 --init=jax --out=/tmp/torch.json
 
 --init=jax starts from the very weights the JAX run with that --seed starts from (converted);
---init_from_npz starts from Flax params saved by `sslm_jax.interop.save_params_npz`.
+--init_from_npz starts from Flax params saved by `sslm_jax.interop.save_params_npz`. --noise=jax
+draws the reparameterization noise of every train step and evaluation batch exactly as that JAX
+run does (its keys, `jax.random.normal`), so the two runs differ only by floating-point rounding;
+--noise=torch (the default) draws it from torch's generator, seeded by --seed.
 """
 
 import argparse
@@ -27,6 +30,7 @@ from benchmarks.pytorch_reference.model import VAE, gaussian_kl, seed_kl_term, s
 from sslm_jax.config import base_config
 from sslm_jax.data import images as image_data
 from sslm_jax.interop import flax_to_torch_state_dict, load_params_npz
+from sslm_jax.tasks import images as images_task
 from sslm_jax.train import loop
 
 
@@ -44,16 +48,43 @@ def parse_args(argv=None):
   p.add_argument('--seed', type=int, default=0, help='data order (as sslm_jax), init and noise')
   p.add_argument('--init', choices=('torch', 'jax'), default='torch',
                  help="torch: PyTorch's default init; jax: the sslm_jax run's init for --seed")
+  p.add_argument('--noise', choices=('torch', 'jax'), default='torch',
+                 help="torch: torch's generator; jax: the sslm_jax run's own draws for --seed")
   p.add_argument('--init_from_npz', default='', help='Flax params .npz (overrides --init)')
   p.add_argument('--out', default='', help='JSON summary path (also printed)')
   return p.parse_args(argv)
 
 
-def jax_initial_params(seed: int):
-  """The params an sslm_jax run of the seed model starts from for `seed`."""
+def jax_initial_state(seed: int):
+  """The train state (params, rng) an sslm_jax run of the seed model starts from for `seed`."""
   config = base_config()
   config.seed = seed
-  return loop.setup(config, '', training=False).init_state.params
+  return loop.setup(config, '', training=False).init_state
+
+
+class JaxNoise:
+  """The reparameterization noise of the sslm_jax run with `seed`, as torch tensors.
+
+  Train step s draws from `fold_in(state.rng, s)` (sslm_jax.train.step); evaluation batch i from
+  `fold_in(fold_in(PRNGKey(seed), EVAL_STREAM), i)` over batches padded to the eval batch size
+  (sslm_jax.tasks.images, sslm_jax.eval.autoencoder).
+  """
+
+  def __init__(self, seed: int, latent_dim: int):
+    self.train_rng = jax_initial_state(seed).rng
+    self.eval_rng = jax.random.fold_in(jax.random.PRNGKey(seed), images_task.EVAL_STREAM)
+    self.latent_dim = latent_dim
+
+  @staticmethod
+  def _draw(key, rows: int, latent_dim: int, keep: int) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(jax.random.normal(key, (rows, latent_dim)))[:keep].copy())
+
+  def train(self, step: int, rows: int) -> torch.Tensor:
+    return self._draw(jax.random.fold_in(self.train_rng, step), rows, self.latent_dim, rows)
+
+  def eval(self, batch_index: int, batch_size: int, rows: int) -> torch.Tensor:
+    return self._draw(jax.random.fold_in(self.eval_rng, batch_index), batch_size,
+                      self.latent_dim, rows)
 
 
 def to_torch(batch_uint8: np.ndarray, prepare) -> torch.Tensor:
@@ -63,12 +94,13 @@ def to_torch(batch_uint8: np.ndarray, prepare) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model, split, prepare, batch_size: int, kl_weight: float,
-             generator: torch.Generator) -> dict[str, float]:
+             generator: torch.Generator, noise: JaxNoise | None = None) -> dict[str, float]:
   model.eval()
   totals = {'mse': 0.0, 'kl': 0.0, 'objective': 0.0}
-  for start in range(0, len(split), batch_size):
+  for i, start in enumerate(range(0, len(split), batch_size)):
     x = to_torch(split.images[start:start + batch_size], prepare)
-    eps = torch.randn((len(x), model.latent_dim), generator=generator)
+    eps = (noise.eval(i, batch_size, len(x)) if noise else
+           torch.randn((len(x), model.latent_dim), generator=generator))
     recon, mu, logvar = model(x, eps)
     mse = torch.mean((recon - x).reshape(len(x), -1) ** 2, dim=1)
     totals['mse'] += float(mse.sum())
@@ -91,20 +123,21 @@ def main(argv=None) -> dict:
   model = VAE()
   if args.init_from_npz or args.init == 'jax':
     params = (load_params_npz(args.init_from_npz) if args.init_from_npz
-              else jax_initial_params(args.seed))
+              else jax_initial_state(args.seed).params)
     model.load_state_dict({k: torch.from_numpy(v)
                            for k, v in flax_to_torch_state_dict(params).items()})
   opt = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
   per_epoch = image_data.steps_per_epoch(len(train_split), args.batch_size)
   total = args.num_steps or args.epochs * per_epoch
   eval_rng = torch.Generator().manual_seed(args.seed + 1)
+  noise = JaxNoise(args.seed, model.latent_dim) if args.noise == 'jax' else None
 
   started, losses, history = time.time(), [], []
   for step in range(total):
     idx = image_data.train_indices(step, num_examples=len(train_split),
                                    batch_size=args.batch_size, seed=args.seed)
     x = to_torch(train_split.images[idx], prepare)
-    recon, mu, logvar = model(x)
+    recon, mu, logvar = model(x, noise.train(step, len(x)) if noise else None)
     loss = seed_loss(recon, x, mu, logvar, kl_weight=args.kl_weight)
     opt.zero_grad()
     loss.backward()
@@ -113,7 +146,7 @@ def main(argv=None) -> dict:
     done = step + 1
     if done % per_epoch == 0 or done == total:
       metrics = evaluate(model, test_split, prepare, args.eval_batch_size, args.kl_weight,
-                         eval_rng)
+                         eval_rng, noise)
       history.append({'step': done, 'train_loss': float(np.mean(losses)),
                       **{f'test_{k}': v for k, v in metrics.items()}})
       losses = []
@@ -122,6 +155,7 @@ def main(argv=None) -> dict:
   summary = {**history[-1], 'steps': total, 'epochs': total / per_epoch,
              'wall_seconds': time.time() - started, 'dataset': args.data_name,
              'init': 'npz:' + args.init_from_npz if args.init_from_npz else args.init,
+             'noise': args.noise,
              'args': vars(args), 'history': history, 'torch': torch.__version__,
              'machine': {'platform': platform.platform(), 'cpu_count': os.cpu_count(),
                          'torch_threads': torch.get_num_threads()}}

@@ -12,7 +12,7 @@ from sslm_jax.eval import pictures
 from sslm_jax.models import build_model
 from sslm_jax.objectives import bind_loss
 
-_EVAL_STREAM = 1_000_003  # fold_in constant: eval noise never coincides with a train step's
+EVAL_STREAM = 1_000_003  # fold_in constant: eval noise never coincides with a train step's
 
 
 # One compilation per model (modules compare by their fields), shared by every task of it in a
@@ -61,7 +61,7 @@ class ImageTask:
     return ae_eval.evaluate(params, self.split(split), model=self.model,
                             objective_config=c.objective, input_size=c.model.input_size,
                             batch_size=c.train.eval_batch_size,
-                            rng=jax.random.fold_in(jax.random.PRNGKey(c.seed), _EVAL_STREAM))
+                            rng=jax.random.fold_in(jax.random.PRNGKey(c.seed), EVAL_STREAM))
 
   def draw(self, params, workdir: str) -> None:
     """reconstructions.png (eval split) and samples.png (prior draws)."""
