@@ -72,3 +72,16 @@ def test_reparameterize_distribution():
   z = reparameterize(jax.random.PRNGKey(0), jnp.full((200_000,), 2.0),
                      jnp.full((200_000,), np.log(0.25)))
   assert abs(float(z.mean()) - 2.0) < 0.01 and abs(float(z.std()) - 0.5) < 0.01
+
+
+def test_whole_map_conv_is_the_valid_conv_it_replaces():
+  """Same parameter tree and init as nn.Conv(VALID) over the whole map, same outputs."""
+  import flax.linen as nn
+  from sslm_jax.models.conv_vae import WholeMapConv
+  x = jax.random.normal(jax.random.key(0), (3, 4, 4, 8))
+  ours, conv = WholeMapConv(5), nn.Conv(5, (4, 4), padding='VALID')
+  params = ours.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, params, conv.init(jax.random.key(1), x))
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+  np.testing.assert_allclose(ours.apply(params, x), conv.apply(params, x).reshape(3, 5),
+                             rtol=1e-5, atol=1e-5)

@@ -43,9 +43,29 @@ class Encoder(nn.Module):
     for width in self.features:
       x = nn.relu(nn.Conv(width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
                           dtype=self.dtype)(x))
-    side = x.shape[1]  # the last kernel covers what is left: 4x4 for the seed's 32x32 input
-    x = nn.relu(nn.Conv(self.out_features, (side, side), padding='VALID', dtype=self.dtype)(x))
-    return x.reshape(x.shape[0], -1)
+    # The last kernel covers what is left (4x4 for the seed's 32x32 input): one output pixel.
+    x = WholeMapConv(self.out_features, dtype=self.dtype, name=f'Conv_{len(self.features)}')(x)
+    return nn.relu(x)
+
+
+class WholeMapConv(nn.Module):
+  """A VALID convolution whose kernel covers the whole map, computed as the matmul it is.
+
+  Same parameters (names, HWIO shape, init) as `nn.Conv(features, (h, w), padding='VALID')` on an
+  (h, w) map; returns (batch, features). XLA:CPU ran the convolution form's gradients at a
+  fraction of its matmul speed (seed encoder, batch 64: forward + gradients 13.5 ms against
+  PyTorch's 7.6).
+  """
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (h, w, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    return x.reshape(b, h * w * c) @ kernel.reshape(h * w * c, self.features) + bias
 
 
 class Decoder(nn.Module):
