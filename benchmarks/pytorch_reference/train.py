@@ -70,8 +70,8 @@ class JaxNoise:
   (sslm_jax.tasks.images, sslm_jax.eval.autoencoder).
   """
 
-  def __init__(self, seed: int, latent_dim: int):
-    self.train_rng = jax_initial_state(seed).rng
+  def __init__(self, seed: int, train_rng: jax.Array, latent_dim: int):
+    self.train_rng = train_rng  # the run's `state.rng` (jax_initial_state)
     self.eval_rng = jax.random.fold_in(jax.random.PRNGKey(seed), images_task.EVAL_STREAM)
     self.latent_dim = latent_dim
 
@@ -121,16 +121,17 @@ def main(argv=None) -> dict:
   prepare = jax.jit(lambda b: image_data.to_model_input(b, 32))
 
   model = VAE()
+  jax_start = (jax_initial_state(args.seed) if args.noise == 'jax' or
+               (args.init == 'jax' and not args.init_from_npz) else None)
   if args.init_from_npz or args.init == 'jax':
-    params = (load_params_npz(args.init_from_npz) if args.init_from_npz
-              else jax_initial_state(args.seed).params)
+    params = load_params_npz(args.init_from_npz) if args.init_from_npz else jax_start.params
     model.load_state_dict({k: torch.from_numpy(v)
                            for k, v in flax_to_torch_state_dict(params).items()})
   opt = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
   per_epoch = image_data.steps_per_epoch(len(train_split), args.batch_size)
   total = args.num_steps or args.epochs * per_epoch
   eval_rng = torch.Generator().manual_seed(args.seed + 1)
-  noise = JaxNoise(args.seed, model.latent_dim) if args.noise == 'jax' else None
+  noise = JaxNoise(args.seed, jax_start.rng, model.latent_dim) if args.noise == 'jax' else None
 
   started, losses, history = time.time(), [], []
   for step in range(total):
