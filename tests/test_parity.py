@@ -18,6 +18,7 @@ torch = pytest.importorskip(
     'torch', reason='PyTorch parity tests need torch (pip install -e .[torch]); skipped without')
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import config_with  # noqa: E402
 from benchmarks.pytorch_reference import model as torch_ref  # noqa: E402
 from sslm_jax.config import base_config  # noqa: E402
 from sslm_jax.interop import (  # noqa: E402
@@ -196,11 +197,10 @@ def test_reference_training_follows_the_jax_run(idx_dataset, tmp_path):
   from benchmarks.pytorch_reference import train
   from sslm_jax.train import loop
   data_dir, manual_dir = idx_dataset
-  config = base_config()
-  config.data.name, config.data.data_dir, config.data.manual_dir = (
-      'idx_images/mnist', data_dir, manual_dir)
-  config.train.update(batch_size=16, eval_batch_size=64, num_steps=1, progress_bar=False,
-                      num_pictures=4)
+  config = config_with({'data.name': 'idx_images/mnist', 'data.data_dir': data_dir,
+                        'data.manual_dir': manual_dir, 'train.batch_size': 16,
+                        'train.eval_batch_size': 64, 'train.num_steps': 1,
+                        'train.progress_bar': False, 'train.num_pictures': 4})
   jax_summary = loop.train_and_evaluate(config, str(tmp_path / 'jax'))
   out = tmp_path / 'torch.json'
   summary = train.main(['--data_name=idx_images/mnist', f'--data_dir={data_dir}',

@@ -75,16 +75,15 @@ class JaxNoise:
     self.eval_rng = jax.random.fold_in(jax.random.PRNGKey(seed), images_task.EVAL_STREAM)
     self.latent_dim = latent_dim
 
-  @staticmethod
-  def _draw(key, rows: int, latent_dim: int, keep: int) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(jax.random.normal(key, (rows, latent_dim)))[:keep].copy())
+  def _draw(self, key, rows: int) -> torch.Tensor:
+    return torch.from_numpy(np.array(jax.random.normal(key, (rows, self.latent_dim))))  # writable
 
   def train(self, step: int, rows: int) -> torch.Tensor:
-    return self._draw(jax.random.fold_in(self.train_rng, step), rows, self.latent_dim, rows)
+    return self._draw(jax.random.fold_in(self.train_rng, step), rows)
 
   def eval(self, batch_index: int, batch_size: int, rows: int) -> torch.Tensor:
-    return self._draw(jax.random.fold_in(self.eval_rng, batch_index), batch_size,
-                      self.latent_dim, rows)
+    """The first `rows` of the draw for a batch padded to `batch_size` (as the JAX eval pads)."""
+    return self._draw(jax.random.fold_in(self.eval_rng, batch_index), batch_size)[:rows]
 
 
 def to_torch(batch_uint8: np.ndarray, prepare) -> torch.Tensor:
