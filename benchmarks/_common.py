@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from sslm_jax import host_memory
+
 
 def rss_mb() -> float:
   """Current resident set size of this process (Linux /proc; else the peak from getrusage)."""
@@ -61,7 +63,8 @@ def command_line(module: str) -> str:
 
 def machine() -> dict:
   return {'platform': platform.platform(), 'processor': platform.processor(),
-          'cpu_count': os.cpu_count(), 'python': platform.python_version()}
+          'cpu_count': os.cpu_count(), 'python': platform.python_version(),
+          'host_allocator': host_memory.describe()}
 
 
 def versions() -> dict:

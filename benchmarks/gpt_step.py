@@ -42,17 +42,22 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch
-
 # `python benchmarks/gpt_step.py` (the documented command) puts benchmarks/ on the path, not the
 # repository root that holds the `benchmarks` package.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks._common import (command_line, interleaved_times, machine, peak_rss_mb, summary,
                                 timed, versions, write_results)
+from sslm_jax import host_memory
+
+if __name__ == '__main__':
+  host_memory.exec_under_tcmalloc()  # as in vae_step.py: both frameworks under tcmalloc
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 from benchmarks.pytorch_reference.gpt import GPT as TorchGPT, causal_lm_loss
 from sslm_jax.interop import flax_gpt_params_to_torch
 from sslm_jax.models import build_model
@@ -317,7 +322,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
       f'token) / peak, the peak being a {PEAK_MATMUL_N}^3 float32 matmul in JAX: '
       f'{peak["jax"]:.0f} GFLOP/s (PyTorch: {peak["torch"]:.0f}). Load average (1 min) '
       f'{meta["load_average_1min"]["start"]:.1f} at the start, '
-      f'{meta["load_average_1min"]["end"]:.1f} at the end.',
+      f'{meta["load_average_1min"]["end"]:.1f} at the end. Host allocator (both frameworks): '
+      f'{meta["machine"]["host_allocator"]}.',
       '',
       '| batch x seq | d / L / mlp | dropout | JAX ms | torch eager ms | eager 1-thread ms | '
       'torch.compile ms | JAX tok/s | eager tok/s | eager 1-thread tok/s | compile tok/s | '

@@ -22,16 +22,24 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch
-
 # `python benchmarks/vae_step.py` (the documented command) puts benchmarks/ on the path, not the
 # repository root that holds the `benchmarks` package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._common import (command_line, interleaved_times, machine, peak_rss_mb, summary,
                                 versions, write_results)
+from sslm_jax import host_memory
+
+if __name__ == '__main__':
+  # Before JAX or PyTorch start: rerun under tcmalloc where installed, as the `sslm-jax` command
+  # does (sslm_jax/host_memory.py), so that both frameworks run under the allocator a user of
+  # the library gets. SSLM_JAX_TCMALLOC=0 measures with the system's malloc instead.
+  host_memory.exec_under_tcmalloc()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 from benchmarks.pytorch_reference.model import VAE as TorchVAE, seed_loss
 from sslm_jax.config import base_config
 from sslm_jax.interop import flax_to_torch_state_dict
@@ -181,7 +189,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
       f'Median step time in ms (p10-p90) over {settings["steps"] * settings["repeats"]} '
       f'interleaved steps each; speedup = PyTorch median / JAX median. Load average (1 min) '
       f'{meta["load_average_1min"]["start"]:.1f} at the start, '
-      f'{meta["load_average_1min"]["end"]:.1f} at the end.',
+      f'{meta["load_average_1min"]["end"]:.1f} at the end. Host allocator (both frameworks): '
+      f'{meta["machine"]["host_allocator"]}.',
       '',
       '| batch | JAX ms | torch eager ms | torch.compile ms | speedup vs eager | '
       'speedup vs compile | JAX ex/s | eager ex/s | JAX GFLOP/step | JAX GFLOP/s | '

@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and tfds chatter goes through absl
   for noisy in ('jax._src', 'orbax', 'tensorflow_datasets'):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  from sslm_jax import host_memory
+  logging.getLogger(__name__).info('host allocator: %s', host_memory.describe())
   args, rest = build_parser().parse_known_args(argv)
   if rest and args.command not in ('train', 'pipeline'):
     print(f'sslm-jax {args.command}: unknown arguments {rest}', file=sys.stderr)
@@ -239,5 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     return RUN_ERROR if isinstance(e, NonFiniteLossError) else USAGE_ERROR
 
 
-if __name__ == '__main__':
+def entry() -> None:
+  """The `sslm-jax` command: `main` under tcmalloc where installed (see host_memory.py)."""
+  from sslm_jax import host_memory
+  host_memory.exec_under_tcmalloc()
   sys.exit(main())
+
+
+if __name__ == '__main__':
+  entry()
