@@ -29,7 +29,7 @@ system-deps:
 	  $(APT_INSTALL) dataset-fashion-mnist python3-venv libtcmalloc-minimal4; \
 	fi
 
-# The suite needs no system package; with tcmalloc it runs about 10% faster and its allocator
+# The suite needs no system package; with tcmalloc it runs as `sslm-jax` does, and its allocator
 # test runs instead of skipping.
 test-deps:
 	@if [ -z "$(TCMALLOC)" ] && command -v apt-get >/dev/null; then \
