@@ -72,3 +72,13 @@ def test_no_rerun_when_switched_off_or_loaded(monkeypatch):
   monkeypatch.setattr(host_memory, 'tcmalloc_path', lambda: '/opt/x/libtcmalloc_minimal.so.4')
   monkeypatch.setenv('LD_PRELOAD', '/opt/x/libtcmalloc_minimal.so.4')
   host_memory.exec_under_tcmalloc()
+
+
+@needs_tcmalloc
+def test_the_command_runs_under_tcmalloc(tmp_path):
+  environ = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
+  out = subprocess.run([sys.executable, '-m', 'sslm_jax.cli', 'eval', '--workdir',
+                        str(tmp_path / 'no_run')], capture_output=True, text=True, env=environ,
+                       timeout=120)
+  assert 'host allocator: tcmalloc' in out.stderr, out.stderr
+  assert out.returncode == 2 and 'no_run' in out.stderr  # and the command itself still ran
