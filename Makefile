@@ -3,12 +3,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 PIP     = $(VENV)/bin/pip
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SUDO_N := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 FASHION_MNIST = /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-# tcmalloc: `sslm-jax` reruns itself under it (sslm_jax/host_memory.py); optional everywhere.
-TCMALLOC_GLOB = /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4
-TCMALLOC = $(wildcard $(TCMALLOC_GLOB))
+# tcmalloc: `sslm-jax` reruns itself under it (sslm_jax/host_memory.py); optional everywhere,
+# so installing it is best effort. This interpreter's architecture, not any multiarch copy.
+MULTIARCH := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('MULTIARCH') or '')" 2>/dev/null)
+TCMALLOC_LIB = /usr/lib/$(MULTIARCH)/libtcmalloc_minimal.so.4
 APT_INSTALL = $(SUDO) apt-get update -qq && \
   $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+# Never waits for a password: optional packages are skipped where sudo would ask for one.
+APT_TRY = ($(SUDO_N) apt-get update -qq && $(SUDO_N) env DEBIAN_FRONTEND=noninteractive \
+  apt-get install -y -qq $(1) </dev/null >/dev/null) || echo "$(1) not installed: $(2)"
 # torch is only for the PyTorch reference (benchmarks/, parity tests). 2.13.0 is the CPU build
 # cached on the project's machines; elsewhere pip fetches it from PyPI.
 TORCH_SPEC ?= torch==2.13.0
@@ -20,20 +25,23 @@ demo: system-deps install
 	@echo "run folder: runs/demo (summary.json, metrics.jsonl, reconstructions.png, samples.png, checkpoints/, tensorboard/)"
 
 test: test-deps install-test
-	LD_PRELOAD=$$(ls $(TCMALLOC_GLOB) 2>/dev/null | head -n 1) $(VENV)/bin/python -m pytest -q
+	LD_PRELOAD=$$([ -f $(TCMALLOC_LIB) ] && echo $(TCMALLOC_LIB)) $(VENV)/bin/python -m pytest -q
 
-# Debian/Ubuntu packages: the real Fashion-MNIST files, venv support for python3, tcmalloc.
+# Debian/Ubuntu packages: the real Fashion-MNIST files and venv support for python3; tcmalloc
+# if it can be had.
 system-deps:
-	@if [ ! -f $(FASHION_MNIST) ] || [ -z "$(TCMALLOC)" ] || \
-	    ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
-	  $(APT_INSTALL) dataset-fashion-mnist python3-venv libtcmalloc-minimal4; \
+	@if [ ! -f $(FASHION_MNIST) ] || ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+	  $(APT_INSTALL) dataset-fashion-mnist python3-venv; \
+	fi
+	@if [ ! -f $(TCMALLOC_LIB) ] && command -v apt-get >/dev/null; then \
+	  $(call APT_TRY,libtcmalloc-minimal4,sslm-jax runs under the system malloc); \
 	fi
 
 # The suite needs no system package; with tcmalloc it runs as `sslm-jax` does, and its allocator
-# test runs instead of skipping.
+# tests run instead of skipping.
 test-deps:
-	@if [ -z "$(TCMALLOC)" ] && command -v apt-get >/dev/null; then \
-	  ($(APT_INSTALL) libtcmalloc-minimal4 </dev/null) || echo "tcmalloc not installed: its test is skipped"; \
+	@if [ ! -f $(TCMALLOC_LIB) ] && command -v apt-get >/dev/null; then \
+	  $(call APT_TRY,libtcmalloc-minimal4,its tests are skipped); \
 	fi
 
 $(VENV)/bin/python:

@@ -34,8 +34,14 @@ print(json.dumps({'tcmalloc': host_memory.tcmalloc_loaded(), 'argv': sys.argv[1:
 """
 
 
+def _clean_environ() -> dict:
+  """This environment as a fresh shell's: no preload, no switch, not a rerun."""
+  drop = ('LD_PRELOAD', host_memory.ENV_SWITCH, host_memory._RERUN_MARK)
+  return {k: v for k, v in os.environ.items() if k not in drop}
+
+
 def _probe(**env) -> dict:
-  environ = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
+  environ = _clean_environ()
   out = subprocess.run([sys.executable, '-c', PROBE, 'an-argument'], capture_output=True,
                        text=True, env={**environ, **env}, timeout=120, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -58,27 +64,52 @@ def test_reruns_under_tcmalloc_and_stops_faulting_step_memory_back_in():
   assert rerun['faults_per_call'] < 0.1 * plain['faults_per_call'], (rerun, plain)
 
 
-def test_no_rerun_when_switched_off_or_loaded(monkeypatch):
-  def no_exec(*args):
-    raise AssertionError(f'exec {args}')
-  monkeypatch.setattr(os, 'execve', no_exec)
-  monkeypatch.setenv(host_memory.ENV_SWITCH, '0')
-  host_memory.exec_under_tcmalloc()
-  monkeypatch.setenv(host_memory.ENV_SWITCH, '1')
-  monkeypatch.setattr(host_memory, 'tcmalloc_loaded', lambda: True)
-  host_memory.exec_under_tcmalloc()
-  # Installed and preloaded, yet not loaded (the loader refused it): no endless reruns.
+def _record_exec(monkeypatch) -> list:
+  calls = []
+  monkeypatch.setattr(os, 'execve', lambda *args: calls.append(args))
+  monkeypatch.setattr(sys, 'platform', 'linux')
   monkeypatch.setattr(host_memory, 'tcmalloc_loaded', lambda: False)
   monkeypatch.setattr(host_memory, 'tcmalloc_path', lambda: '/opt/x/libtcmalloc_minimal.so.4')
-  monkeypatch.setenv('LD_PRELOAD', '/opt/x/libtcmalloc_minimal.so.4')
+  for name in ('LD_PRELOAD', host_memory.ENV_SWITCH, host_memory._RERUN_MARK):
+    monkeypatch.delenv(name, raising=False)
+  return calls
+
+
+def test_rerun_keeps_the_command_and_adds_only_the_preload(monkeypatch):
+  calls = _record_exec(monkeypatch)
+  monkeypatch.setattr(sys, 'orig_argv', ['/usr/bin/python3', '-m', 'sslm_jax.cli', 'train', 'x'])
   host_memory.exec_under_tcmalloc()
+  (executable, argv, env), = calls
+  assert executable == sys.executable and argv == [sys.executable, '-m', 'sslm_jax.cli', 'train',
+                                                   'x']
+  assert env['LD_PRELOAD'] == '/opt/x/libtcmalloc_minimal.so.4'
+  assert env[host_memory._RERUN_MARK] == '1'
+  assert {k: v for k, v in env.items() if k not in ('LD_PRELOAD', host_memory._RERUN_MARK)} == \
+      dict(os.environ)
+
+
+@pytest.mark.parametrize('setting', ['switched off', 'loaded', 'user preload', 'a rerun',
+                                     'not installed'])
+def test_no_rerun(monkeypatch, setting):
+  calls = _record_exec(monkeypatch)
+  if setting == 'switched off':
+    monkeypatch.setenv(host_memory.ENV_SWITCH, '0')
+  elif setting == 'loaded':
+    monkeypatch.setattr(host_memory, 'tcmalloc_loaded', lambda: True)
+  elif setting == 'user preload':  # e.g. jemalloc, or a sanitizer runtime that must come first
+    monkeypatch.setenv('LD_PRELOAD', '/usr/lib/libjemalloc.so.2')
+  elif setting == 'a rerun':  # the preload did not take (a wrapper dropped it): no endless reruns
+    monkeypatch.setenv(host_memory._RERUN_MARK, '1')
+  else:
+    monkeypatch.setattr(host_memory, 'tcmalloc_path', lambda: None)
+  host_memory.exec_under_tcmalloc()
+  assert calls == []
 
 
 @needs_tcmalloc
 def test_the_command_runs_under_tcmalloc(tmp_path):
-  environ = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
   out = subprocess.run([sys.executable, '-m', 'sslm_jax.cli', 'eval', '--workdir',
-                        str(tmp_path / 'no_run')], capture_output=True, text=True, env=environ,
-                       timeout=120)
+                        str(tmp_path / 'no_run')], capture_output=True, text=True,
+                       env=_clean_environ(), timeout=120)
   assert 'host allocator: tcmalloc' in out.stderr, out.stderr
   assert out.returncode == 2 and 'no_run' in out.stderr  # and the command itself still ran
