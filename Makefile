@@ -9,39 +9,33 @@ FASHION_MNIST = /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # so installing it is best effort. This interpreter's architecture, not any multiarch copy.
 MULTIARCH := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('MULTIARCH') or '')" 2>/dev/null)
 TCMALLOC_LIB = /usr/lib/$(MULTIARCH)/libtcmalloc_minimal.so.4
-APT_INSTALL = $(SUDO) apt-get update -qq && \
-  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
-# Never waits for a password: optional packages are skipped where sudo would ask for one.
-APT_TRY = ($(SUDO_N) apt-get update -qq && $(SUDO_N) env DEBIAN_FRONTEND=noninteractive \
-  apt-get install -y -qq $(1) </dev/null >/dev/null) || echo "$(1) not installed: $(2)"
+# $(call APT_INSTALL,sudo command): apt-get update, then install the packages that follow.
+APT_INSTALL = $(1) apt-get update -qq && $(1) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 # torch is only for the PyTorch reference (benchmarks/, parity tests). 2.13.0 is the CPU build
 # cached on the project's machines; elsewhere pip fetches it from PyPI.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test system-deps test-deps install install-test clean
+.PHONY: demo test system-deps tcmalloc install install-test clean
 
-demo: system-deps install
+demo: system-deps tcmalloc install
 	$(VENV)/bin/sslm-jax train --config configs/demo.py --workdir runs/demo
 	@echo "run folder: runs/demo (summary.json, metrics.jsonl, reconstructions.png, samples.png, checkpoints/, tensorboard/)"
 
-test: test-deps install-test
+test: tcmalloc install-test
 	LD_PRELOAD=$$([ -f $(TCMALLOC_LIB) ] && echo $(TCMALLOC_LIB)) $(VENV)/bin/python -m pytest -q
 
-# Debian/Ubuntu packages: the real Fashion-MNIST files and venv support for python3; tcmalloc
-# if it can be had.
+# Debian/Ubuntu packages: the real Fashion-MNIST files, and venv support for python3.
 system-deps:
 	@if [ ! -f $(FASHION_MNIST) ] || ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
-	  $(APT_INSTALL) dataset-fashion-mnist python3-venv; \
-	fi
-	@if [ ! -f $(TCMALLOC_LIB) ] && command -v apt-get >/dev/null; then \
-	  $(call APT_TRY,libtcmalloc-minimal4,sslm-jax runs under the system malloc); \
+	  $(call APT_INSTALL,$(SUDO)) dataset-fashion-mnist python3-venv; \
 	fi
 
-# The suite needs no system package; with tcmalloc it runs as `sslm-jax` does, and its allocator
-# tests run instead of skipping.
-test-deps:
+# Best effort, never waiting for a password: nothing needs it (without it the suite's allocator
+# tests skip and everything runs under the system malloc).
+tcmalloc:
 	@if [ ! -f $(TCMALLOC_LIB) ] && command -v apt-get >/dev/null; then \
-	  $(call APT_TRY,libtcmalloc-minimal4,its tests are skipped); \
+	  ($(call APT_INSTALL,$(SUDO_N)) libtcmalloc-minimal4 </dev/null >/dev/null) || \
+	    echo "libtcmalloc-minimal4 not installed: sslm-jax and the tests use the system malloc"; \
 	fi
 
 $(VENV)/bin/python:

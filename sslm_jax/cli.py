@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 
+from sslm_jax import host_memory  # standard library only: no start-up cost
+
 USAGE_ERROR, RUN_ERROR = 2, 1
 
 
@@ -222,7 +224,6 @@ def main(argv: list[str] | None = None) -> int:
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax and tfds chatter goes through absl
   for noisy in ('jax._src', 'orbax', 'tensorflow_datasets'):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  from sslm_jax import host_memory
   logging.getLogger(__name__).info('host allocator: %s', host_memory.describe())
   args, rest = build_parser().parse_known_args(argv)
   if rest and args.command not in ('train', 'pipeline'):
@@ -243,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
   """The `sslm-jax` command: `main` under tcmalloc where installed (see host_memory.py)."""
-  from sslm_jax import host_memory
   host_memory.exec_under_tcmalloc()
   sys.exit(main())
 

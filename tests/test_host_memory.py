@@ -34,10 +34,13 @@ print(json.dumps({'tcmalloc': host_memory.tcmalloc_loaded(), 'argv': sys.argv[1:
 """
 
 
+# What decides a rerun, besides the library itself: a preload, the switch, the rerun's mark.
+ALLOCATOR_ENV = ('LD_PRELOAD', host_memory.ENV_SWITCH, host_memory._RERUN_MARK)
+
+
 def _clean_environ() -> dict:
-  """This environment as a fresh shell's: no preload, no switch, not a rerun."""
-  drop = ('LD_PRELOAD', host_memory.ENV_SWITCH, host_memory._RERUN_MARK)
-  return {k: v for k, v in os.environ.items() if k not in drop}
+  """This environment as a fresh shell's: none of ALLOCATOR_ENV."""
+  return {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
 
 
 def _probe(**env) -> dict:
@@ -70,7 +73,7 @@ def _record_exec(monkeypatch) -> list:
   monkeypatch.setattr(sys, 'platform', 'linux')
   monkeypatch.setattr(host_memory, 'tcmalloc_loaded', lambda: False)
   monkeypatch.setattr(host_memory, 'tcmalloc_path', lambda: '/opt/x/libtcmalloc_minimal.so.4')
-  for name in ('LD_PRELOAD', host_memory.ENV_SWITCH, host_memory._RERUN_MARK):
+  for name in ALLOCATOR_ENV:
     monkeypatch.delenv(name, raising=False)
   return calls
 
