@@ -15,13 +15,15 @@ APT_INSTALL = $(1) apt-get update -qq && $(1) env DEBIAN_FRONTEND=noninteractive
 # cached on the project's machines; elsewhere pip fetches it from PyPI.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test system-deps tcmalloc install install-test clean
+ONEDNN_KERNELS = sslm_jax/kernels/_onednn_conv.so
 
-demo: system-deps tcmalloc install
+.PHONY: demo test system-deps tcmalloc kernels install install-test clean
+
+demo: system-deps tcmalloc install kernels
 	$(VENV)/bin/sslm-jax train --config configs/demo.py --workdir runs/demo
 	@echo "run folder: runs/demo (summary.json, metrics.jsonl, reconstructions.png, samples.png, checkpoints/, tensorboard/)"
 
-test: tcmalloc install-test
+test: tcmalloc install-test kernels
 	LD_PRELOAD=$$([ -f $(TCMALLOC_LIB) ] && echo $(TCMALLOC_LIB)) $(VENV)/bin/python -m pytest -q
 
 # Debian/Ubuntu packages: the real Fashion-MNIST files, and venv support for python3.
@@ -37,6 +39,16 @@ tcmalloc:
 	  ($(call APT_INSTALL,$(SUDO_N)) libtcmalloc-minimal4 </dev/null >/dev/null) || \
 	    echo "libtcmalloc-minimal4 not installed: sslm-jax and the tests use the system malloc"; \
 	fi
+
+# oneDNN convolutions for XLA:CPU (sslm_jax/kernels/onednn_conv.py), the VAE's default where
+# built. Optional like tcmalloc, so best effort: without them the convolutions are XLA's own.
+kernels: $(ONEDNN_KERNELS)
+$(ONEDNN_KERNELS): sslm_jax/kernels/onednn_conv.cc | $(VENV)/.installed
+	@if [ ! -f /usr/include/oneapi/dnnl/dnnl.hpp ] && command -v apt-get >/dev/null; then \
+	  ($(call APT_INSTALL,$(SUDO_N)) g++ libdnnl-dev </dev/null >/dev/null) || true; \
+	fi
+	@$(VENV)/bin/python -m sslm_jax.kernels.onednn_conv >/dev/null || \
+	  echo "oneDNN kernels not built: convolutions use XLA's own (slower on CPU)"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,4 +67,4 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 clean:
-	rm -rf $(VENV) runs data .pytest_cache
+	rm -rf $(VENV) runs data .pytest_cache $(ONEDNN_KERNELS)

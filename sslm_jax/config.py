@@ -34,6 +34,7 @@ LIKELIHOODS = ('gaussian', 'bernoulli')
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'linear')
 CONV_TRANSPOSE_IMPLS = ('col2im', 'xla')  # sslm_jax/models/layers.py implements them
+CONV_IMPLS = ('auto', 'xla', 'onednn')  # sslm_jax/kernels/onednn_conv.py
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -56,7 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.decoder_hidden = (256, 128, 64)    # dense layers after z
   c.model.decoder_base_features = 64         # channels of the unflattened map
   c.model.decoder_features = (128, 64)       # stride-2 transposed convs before the last one
-  c.model.conv_transpose_impl = 'col2im'
+  c.model.conv_impl = 'auto'         # oneDNN convolutions where built (sslm_jax/kernels), else XLA
+  c.model.conv_transpose_impl = 'col2im'  # the decoder's XLA formulation (when not oneDNN)
   c.model.dtype = 'float32'          # compute dtype; parameters and optimizer state stay float32
   # Transformers (gpt, bert); the vocabulary size is the tokenizer's (text.vocab_size).
   c.model.num_layers = 4
@@ -238,6 +240,11 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
                      config.train)
   choice('model.name', MODELS)
   choice('model.conv_transpose_impl', CONV_TRANSPOSE_IMPLS)
+  choice('model.conv_impl', CONV_IMPLS)
+  if m.get('conv_impl') == 'onednn':
+    from sslm_jax.kernels import onednn_conv  # imports jax, which only this choice needs
+    reason = onednn_conv.unavailable_reason()
+    check(reason is None, 'model.conv_impl', f"'auto' or 'xla' here ({reason})")
   choice('model.dtype', DTYPES)
   for key in ('model.latent_dim', 'model.input_size', 'model.channels',
               'model.encoder_out_features', 'model.decoder_base_features'):

@@ -2,8 +2,9 @@
 
 Same weights (PyTorch's random init, converted) and the same noise must give the same
 reconstruction, posterior, seed objective, parameter gradients and Adam update, to a relative
-error ||jax - torch|| / ||torch|| below 1e-5 per tensor in float32, for both transposed-conv
-implementations. Skipped where torch is not installed (`pip install -e .[torch]`).
+error ||jax - torch|| / ||torch|| below 1e-5 per tensor in float32, for the oneDNN convolutions
+(where built) and for XLA's with either transposed-conv form. Skipped where torch is not
+installed (`pip install -e .[torch]`).
 """
 
 import os
@@ -21,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import config_with  # noqa: E402
 from benchmarks.pytorch_reference import model as torch_ref  # noqa: E402
 from sslm_jax.config import base_config  # noqa: E402
+from sslm_jax.kernels import onednn_conv  # noqa: E402
 from sslm_jax.interop import (  # noqa: E402
     flax_to_torch_state_dict, load_params_npz, save_params_npz, torch_state_dict_to_flax)
 from sslm_jax.models import build_model  # noqa: E402
@@ -32,7 +34,9 @@ from sslm_jax.train.step import make_train_step  # noqa: E402
 
 RTOL = 1e-5
 BATCH = 8
-IMPLS = ('col2im', 'xla')
+# The model's convolutions: oneDNN's (conv_impl='onednn'), or XLA's (conv_impl='xla') with the
+# decoder's transposed convolutions as `col2im` or as `lax.conv_transpose`.
+IMPLS = ('onednn', 'col2im', 'xla')
 # Small widths (as tests/conftest.py's TINY_MODEL): the reference takes the JAX model's fields.
 TINY = {'latent_dim': 4, 'encoder_features': (8, 16, 16), 'encoder_out_features': 16,
         'decoder_hidden': (16,), 'decoder_base_features': 8, 'decoder_features': (8, 8)}
@@ -57,7 +61,13 @@ def nchw_to_nhwc(t) -> np.ndarray:
 
 def jax_model(impl: str, **widths):
   config = base_config()
-  config.model.conv_transpose_impl = impl
+  if impl == 'onednn':
+    if onednn_conv.unavailable_reason():
+      pytest.skip(onednn_conv.unavailable_reason())
+    config.model.conv_impl = 'onednn'
+  else:
+    config.model.conv_impl = 'xla'
+    config.model.conv_transpose_impl = impl
   for name, value in widths.items():
     setattr(config.model, name, value)
   return build_model(config.model), config.objective
@@ -115,7 +125,7 @@ def test_autoencoder_round_trip():
 
 
 @pytest.mark.parametrize('impl,widths', [(impl, 'seed') for impl in IMPLS]
-                         + [('col2im', 'tiny')])
+                         + [('onednn', 'tiny'), ('col2im', 'tiny')])
 def test_forward_loss_and_gradients_match(impl, widths):
   tag = f'[{impl}, {widths} widths]'
   widths = TINY if widths == 'tiny' else {}

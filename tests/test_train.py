@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from conftest import tiny_config
 from sslm_jax.config import base_config
+from sslm_jax.kernels import onednn_conv
 from sslm_jax.models import build_model
 from sslm_jax.objectives import bind_loss
 from sslm_jax.train import loop, optim
@@ -33,6 +34,8 @@ def test_tiny_run_loss_goes_down(tmp_path, idx_dataset):
   losses = [r['loss'] for r in read_metrics(tmp_path)]
   assert len(losses) == 6 and losses[-1] < 0.5 * losses[0], losses
   assert summary['steps'] == 120 and summary['test_examples'] == 100
+  # Who computed the convolutions: oneDNN where its kernels are built (`make test` builds them).
+  assert summary['convolutions'] == onednn_conv.resolve('auto')
   for name in ('summary.json', 'metrics.jsonl', 'reconstructions.png', 'samples.png',
                'config.json'):
     assert os.path.exists(tmp_path / name), name

@@ -33,7 +33,8 @@ def build_model(config, vocab_size: int = 0):
              decoder_hidden=tuple(config.decoder_hidden),
              decoder_base_features=config.decoder_base_features,
              decoder_features=tuple(config.decoder_features),
-             conv_transpose_impl=config.conv_transpose_impl, dtype=dtype)
+             conv_transpose_impl=config.conv_transpose_impl, conv_impl=config.conv_impl,
+             dtype=dtype)
 
 
 def build_classifier(encoder, *, num_classes: int, pooling: str = 'mean',

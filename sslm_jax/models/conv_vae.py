@@ -4,7 +4,8 @@ Shapes follow the corrected seed model (shared/design/seed-reference.md): a 32x3
 through stride-2 4x4 convolutions (32 -> 16 -> 8 -> 4), one 4x4 valid convolution to 1x1x256, and
 a linear head to the Gaussian posterior's mean and log-variance. The decoder mirrors it with a
 dense stack, a channels-first unflatten (as PyTorch's `nn.Unflatten`) and stride-2 transposed
-convolutions back to the input size. Images are NHWC in [-1, 1].
+convolutions back to the input size. Images are NHWC in [-1, 1]. `conv_impl` picks who computes
+the convolutions: oneDNN (sslm_jax/kernels) or XLA; the parameters and the function are the same.
 """
 
 from typing import Sequence
@@ -13,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sslm_jax.kernels import onednn_conv
 from sslm_jax.models.layers import ConvTranspose2x
 
 
@@ -35,14 +37,18 @@ class Encoder(nn.Module):
   """
   features: Sequence[int] = (64, 128, 256)
   out_features: int = 256
+  conv_impl: str = 'auto'
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     x = images.astype(self.dtype)
+    onednn = onednn_conv.resolve(self.conv_impl, self.dtype) == 'onednn'
     for width in self.features:
       x = nn.relu(nn.Conv(width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                          dtype=self.dtype)(x))
+                          dtype=self.dtype,
+                          conv_general_dilated=onednn_conv.conv_general_dilated if onednn else None
+                          )(x))
     # The last kernel covers what is left (4x4 for the seed's 32x32 input): one output pixel.
     x = WholeMapConv(self.out_features, dtype=self.dtype, name=f'Conv_{len(self.features)}')(x)
     return nn.relu(x)
@@ -80,6 +86,7 @@ class Decoder(nn.Module):
   base_features: int = 64
   features: Sequence[int] = (128, 64)
   conv_transpose_impl: str = 'col2im'
+  conv_impl: str = 'auto'
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -95,8 +102,8 @@ class Decoder(nn.Module):
     x = x.reshape(x.shape[0], self.base_features, side, side).transpose(0, 2, 3, 1)
     widths = list(self.features) + [self.output_channels]
     for i, width in enumerate(widths):
-      x = ConvTranspose2x(width, impl=self.conv_transpose_impl, dtype=self.dtype,
-                          name=f'ConvTranspose_{i}')(x)
+      x = ConvTranspose2x(width, impl=self.conv_transpose_impl, conv_impl=self.conv_impl,
+                          dtype=self.dtype, name=f'ConvTranspose_{i}')(x)
       if i < len(widths) - 1:
         x = nn.relu(x)
     return x
@@ -113,13 +120,15 @@ class _SeedCodec(nn.Module):
   decoder_base_features: int = 64
   decoder_features: Sequence[int] = (128, 64)
   conv_transpose_impl: str = 'col2im'
+  conv_impl: str = 'auto'
   dtype: jnp.dtype = jnp.float32
 
   def _build_encoder_decoder(self):
-    self.encoder = Encoder(self.encoder_features, self.encoder_out_features, dtype=self.dtype)
+    self.encoder = Encoder(self.encoder_features, self.encoder_out_features, self.conv_impl,
+                           dtype=self.dtype)
     self.decoder = Decoder(self.input_size, self.channels, self.decoder_hidden,
                            self.decoder_base_features, self.decoder_features,
-                           self.conv_transpose_impl, dtype=self.dtype)
+                           self.conv_transpose_impl, self.conv_impl, dtype=self.dtype)
 
   def decode_logits(self, z: jax.Array) -> jax.Array:
     return self.decoder(z).astype(jnp.float32)

@@ -12,6 +12,10 @@ run to run, the ratio much less):
   and gradients are all well-shaped matmuls plus cheap pads and slices.
 - 'xla', 215-250 ms: `lax.conv_transpose`. Simple, but its gradient is slow on XLA:CPU.
 
+On a single CPU device with the oneDNN kernels built (sslm_jax/kernels/onednn_conv.py,
+`conv_impl='auto'`), oneDNN computes the layer instead: as the adjoint (backward data) of the
+stride-2 convolution from the output map to the input, on the same parameter.
+
 (A 3x3 convolution to 4x the channels plus depth-to-space, exact too but with 20 of its 36 taps on
 zeros, measured 61-70 ms beside col2im's 35-45 in the same runs; it is not kept. Space-to-depth or
 im2col forms of the encoder's stride-2 convolutions measured no faster than XLA's own.)
@@ -23,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sslm_jax.config import CONV_TRANSPOSE_IMPLS
+from sslm_jax.kernels import onednn_conv
 
 
 def _conv_transpose_col2im(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -54,9 +59,14 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array, impl: str = 'col2im') -> 
 
 
 class ConvTranspose2x(nn.Module):
-  """Stride-2 4x4 transposed convolution with bias; see the module docstring."""
+  """Stride-2 4x4 transposed convolution with bias; see the module docstring.
+
+  `conv_impl` (sslm_jax.kernels.onednn_conv): where it resolves to 'onednn' the oneDNN kernels
+  compute it, else `impl`.
+  """
   features: int
   impl: str = 'col2im'
+  conv_impl: str = 'auto'
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -68,4 +78,11 @@ class ConvTranspose2x(nn.Module):
                         (4, 4, cin, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-    return conv_transpose_2x(x, kernel, self.impl) + bias
+    if onednn_conv.resolve(self.conv_impl, self.dtype) == 'onednn':
+      # The adjoint of the stride-2 convolution from the output map back to x, whose HWIO
+      # kernel is ours with in and out swapped.
+      b, h, w, _ = x.shape
+      y = onednn_conv.conv_transpose(x, kernel.transpose(0, 1, 3, 2), 2, 1, (2 * h, 2 * w))
+    else:
+      y = conv_transpose_2x(x, kernel, self.impl)
+    return y + bias

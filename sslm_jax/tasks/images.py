@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from sslm_jax.data import images as image_data
 from sslm_jax.eval import autoencoder as ae_eval
 from sslm_jax.eval import pictures
+from sslm_jax.kernels import onednn_conv
 from sslm_jax.models import build_model
 from sslm_jax.objectives import bind_loss
 
@@ -76,5 +77,7 @@ class ImageTask:
 
   def describe(self) -> dict:
     d = self.config.data
+    m = self.config.model
     return {'train_examples': len(self.split(d.train_split)),
-            'test_examples': len(self.split(d.eval_split))}
+            'test_examples': len(self.split(d.eval_split)),
+            'convolutions': onednn_conv.resolve(m.conv_impl, m.dtype)}  # who computed them

@@ -1,0 +1,1 @@
+"""Kernels outside XLA, each optional with an XLA fallback."""

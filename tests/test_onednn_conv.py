@@ -1,0 +1,148 @@
+"""The oneDNN convolutions (sslm_jax/kernels) against XLA's, and when the library uses them.
+
+Kernel tests skip, naming what is missing, where the kernels are not built (`make test` builds
+them when g++ and libdnnl-dev can be installed).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from conftest import config_with
+from sslm_jax.config import ConfigError, validate
+from sslm_jax.kernels import onednn_conv
+from sslm_jax.models import VAE
+
+needs_kernels = pytest.mark.skipif(onednn_conv.unavailable_reason() is not None,
+                                   reason=str(onednn_conv.unavailable_reason()))
+RTOL = 1e-5
+
+
+def rel_err(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def xla_conv(x, w, stride, pad):
+  return lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def normal(key, shape):
+  return jax.random.normal(jax.random.PRNGKey(key), shape, jnp.float32)
+
+
+# (batch, side, in, out, kernel, stride, pad): the seed's layers (one input channel first),
+# a 3x3 'same' convolution, and a valid one.
+CASES = [(3, 32, 1, 8, 4, 2, 1), (2, 16, 5, 7, 4, 2, 1), (2, 9, 3, 4, 3, 1, 1), (2, 4, 6, 8, 4, 1, 0)]
+
+
+@needs_kernels
+@pytest.mark.parametrize('n,side,cin,cout,k,stride,pad', CASES)
+def test_conv_and_its_gradients_match_xla(n, side, cin, cout, k, stride, pad):
+  x, w = normal(0, (n, side, side, cin)), normal(1, (k, k, cin, cout))
+  out = jax.jit(onednn_conv.conv, static_argnums=(2, 3))(x, w, stride, pad)
+  want = xla_conv(x, w, stride, pad)
+  assert out.shape == want.shape and rel_err(out, want) < RTOL
+  g = normal(2, want.shape)
+  grads = jax.grad(lambda x, w: jnp.sum(onednn_conv.conv(x, w, stride, pad) * g), (0, 1))(x, w)
+  wants = jax.grad(lambda x, w: jnp.sum(xla_conv(x, w, stride, pad) * g), (0, 1))(x, w)
+  for got, want in zip(grads, wants):
+    assert rel_err(got, want) < RTOL
+
+
+@needs_kernels
+@pytest.mark.parametrize('n,side,cin,cout,k,stride,pad', CASES)
+def test_conv_transpose_is_the_adjoint_with_matching_gradients(n, side, cin, cout, k, stride, pad):
+  x, w = normal(0, (n, side, side, cin)), normal(1, (k, k, cin, cout))
+  y = normal(2, xla_conv(x, w, stride, pad).shape)
+
+  def xla_transpose(y, w):
+    return jax.vjp(lambda x: xla_conv(x, w, stride, pad), x)[1](y)[0]
+
+  out = onednn_conv.conv_transpose(y, w, stride, pad, (side, side))
+  assert rel_err(out, xla_transpose(y, w)) < RTOL
+  g = normal(3, x.shape)
+  grads = jax.grad(lambda y, w: jnp.sum(
+      onednn_conv.conv_transpose(y, w, stride, pad, (side, side)) * g), (0, 1))(y, w)
+  wants = jax.grad(lambda y, w: jnp.sum(xla_transpose(y, w) * g), (0, 1))(y, w)
+  for got, want in zip(grads, wants):
+    assert rel_err(got, want) < RTOL
+
+
+@needs_kernels
+def test_vae_with_onednn_convolutions_is_the_same_model():
+  x = jax.random.uniform(jax.random.PRNGKey(3), (4, 32, 32, 1), minval=-1, maxval=1)
+  rng = jax.random.PRNGKey(4)
+  fast, plain = VAE(conv_impl='onednn'), VAE(conv_impl='xla')
+  params = plain.init(rng, x, rng)
+  assert jax.tree.structure(fast.init(rng, x, rng)) == jax.tree.structure(params)
+
+  def loss(model, params):
+    return jnp.mean(model.apply(params, x, rng)['recon'] ** 2)
+
+  assert abs(float(loss(fast, params)) / float(loss(plain, params)) - 1) < RTOL
+  grads = [jax.grad(lambda p: loss(m, p))(params) for m in (fast, plain)]
+  errors = jax.tree.map(rel_err, *grads)
+  assert max(jax.tree.leaves(errors)) < RTOL, errors
+
+
+@needs_kernels
+def test_flax_conv_adapter_uses_lax_for_what_the_kernels_do_not_cover():
+  x, w = normal(0, (2, 8, 8, 3)), normal(1, (3, 3, 3, 4))
+  dn = lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
+
+  def jaxpr(strides, padding, dilation):
+    return str(jax.make_jaxpr(lambda x, w: onednn_conv.conv_general_dilated(
+        x, w, strides, padding, (1, 1), dilation, dn))(x, w))
+
+  for strides, padding, dilation in [((1, 1), 'SAME', (1, 1)), ((1, 2), ((1, 1), (1, 1)), (1, 1)),
+                                     ((1, 1), ((1, 1), (1, 1)), (2, 2)),
+                                     ((1, 1), ((0, 1), (0, 1)), (1, 1))]:
+    assert 'ffi_call' not in jaxpr(strides, padding, dilation)
+    args = (x, w, strides, padding, (1, 1), dilation, dn)
+    np.testing.assert_allclose(onednn_conv.conv_general_dilated(*args),
+                               lax.conv_general_dilated(*args), rtol=1e-6)
+  assert 'sslm_onednn_conv_forward' in jaxpr((1, 1), ((1, 1), (1, 1)), (1, 1))
+
+
+@needs_kernels
+def test_vmap_runs_example_by_example():
+  x, w = normal(0, (3, 2, 8, 8, 2)), normal(1, (4, 4, 2, 3))
+  got = jax.vmap(lambda x: onednn_conv.conv(x, w, 2, 1))(x)
+  np.testing.assert_allclose(got, jax.vmap(lambda x: xla_conv(x, w, 2, 1))(x), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_auto_uses_xla_where_the_kernels_cannot_run(monkeypatch):
+  assert onednn_conv.resolve('xla') == 'xla'
+  assert onednn_conv.resolve('auto', jnp.bfloat16) == 'xla'
+  with pytest.raises(ValueError, match='bfloat16'):
+    onednn_conv.resolve('onednn', jnp.bfloat16)
+  with pytest.raises(ValueError, match="allowed: \\('auto', 'xla', 'onednn'\\)"):
+    onednn_conv.resolve('cudnn')
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  if onednn_conv.unavailable_reason() is None:  # built: the backend is what says no
+    assert onednn_conv.resolve('auto') == 'xla'
+    with pytest.raises(ValueError, match='the default backend is gpu, not cpu'):
+      onednn_conv.resolve('onednn')
+  monkeypatch.undo()
+  monkeypatch.setattr(onednn_conv, '_load', lambda: 'not built (test)')
+  assert onednn_conv.resolve('auto') == 'xla'
+  with pytest.raises(ValueError, match=r"conv_impl='onednn' cannot run here: not built \(test\)"):
+    onednn_conv.resolve('onednn')
+  # The model follows: same parameters, XLA's convolutions.
+  x = jnp.zeros((1, 32, 32, 1))
+  jaxpr = jax.make_jaxpr(lambda x: VAE().init(jax.random.PRNGKey(0), x, jax.random.PRNGKey(1)))(x)
+  assert 'ffi_call' not in str(jaxpr)
+
+
+def test_config_names_the_choices_and_what_is_missing(monkeypatch):
+  with pytest.raises(ConfigError, match="model.conv_impl='cudnn' is invalid"):
+    validate(config_with({'model.conv_impl': 'cudnn'}))
+  monkeypatch.setattr(onednn_conv, 'unavailable_reason', lambda: 'not built (test)')
+  with pytest.raises(ConfigError, match=r"model.conv_impl='onednn'.*not built \(test\)"):
+    validate(config_with({'model.conv_impl': 'onednn'}))
+  validate(config_with({'model.conv_impl': 'auto'}))
