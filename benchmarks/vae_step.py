@@ -13,7 +13,12 @@ Memory columns: `*_rss_growth_mb` is the growth of the process's resident set ov
 framework's setup, compilation and warm-up (process-wide, so it includes compiled code and
 allocator caches, and depends on what ran before); `jax_step_buffers_mb` is XLA's own figure for
 the compiled step (arguments + outputs + temporaries - donated aliases). FLOPs are XLA's count for
-the compiled JAX step (about 11 GFLOP at batch 64 for the seed model's useful work).
+the compiled JAX step with XLA's own convolutions (about 11 GFLOP at batch 64 for the seed model's
+useful work; XLA does not count the work inside custom calls), used for both JAX columns.
+
+Two JAX columns: the library's default step (`conv_impl='auto'`: the oneDNN convolutions of
+sslm_jax/kernels where they are built, on one CPU device) and the same step with XLA's own
+convolutions (`conv_impl='xla'`), so what the kernels buy is measured in the same run.
 """
 
 import argparse
@@ -43,6 +48,7 @@ import torch  # noqa: E402
 from benchmarks.pytorch_reference.model import VAE as TorchVAE, seed_loss
 from sslm_jax.config import base_config
 from sslm_jax.interop import flax_to_torch_state_dict
+from sslm_jax.kernels import onednn_conv
 from sslm_jax.models import build_model
 from sslm_jax.objectives import bind_loss
 from sslm_jax.train import optim
@@ -68,10 +74,12 @@ def parse_args(argv=None):
 class JaxRunner:
   """sslm_jax's own train step: bind_loss + make_optimizer + jit_train_step (state donated)."""
 
-  def __init__(self, images: np.ndarray, params):
+  def __init__(self, images: np.ndarray, params, conv_impl: str):
     config = base_config()
+    config.model.conv_impl = conv_impl
     model = build_model(config.model)
     tx = optim.make_optimizer(config.optimizer, total_steps=1000)
+    params = jax.tree.map(jnp.asarray, params)  # its own copy: the step donates its state
     self.state = create_train_state(params, tx, jax.random.PRNGKey(1))
     self.batch = {'image': jnp.asarray(images)}
     step = jit_train_step(bind_loss(model, config.objective), tx)
@@ -127,9 +135,10 @@ def bench_batch(batch_size: int, args) -> dict:
   model = build_model(base_config().model)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.asarray(images[:1]),
                                jax.random.PRNGKey(0))['params']
-  params_np = jax.tree.map(np.array, params)  # copies: the JAX step donates its buffers
+  params_np = jax.tree.map(np.array, params)
 
-  makers = {'jax': lambda: JaxRunner(images, params),
+  makers = {'jax': lambda: JaxRunner(images, params_np, 'auto'),
+            'jax_xla_conv': lambda: JaxRunner(images, params_np, 'xla'),
             'torch_eager': lambda: TorchRunner(images, params_np, compile_model=False)}
   if not args.no_compile:
     makers['torch_compile'] = lambda: TorchRunner(images, params_np, compile_model=True)
@@ -138,7 +147,7 @@ def bench_batch(batch_size: int, args) -> dict:
 
   jax_runner = runners['jax']
   row = {'batch_size': batch_size}
-  for name in ('jax', 'torch_eager', 'torch_compile'):
+  for name in ('jax', 'jax_xla_conv', 'torch_eager', 'torch_compile'):
     for key, value in summary(times.get(name), batch_size).items():
       row[f'{name}_{key}'] = value
     row[f'{name}_rss_growth_mb'] = rss_growth.get(name)
@@ -146,8 +155,11 @@ def bench_batch(batch_size: int, args) -> dict:
   compile_ms = row['torch_compile_ms']
   row['speedup_vs_torch_eager'] = eager_ms / jax_ms if eager_ms else None
   row['speedup_vs_torch_compile'] = compile_ms / jax_ms if compile_ms else None
-  row['jax_step_gflop'] = jax_runner.flops / 1e9 if jax_runner.flops else None
-  row['jax_gflop_per_s'] = jax_runner.flops / jax_ms / 1e6 if jax_runner.flops else None
+  xla_conv_ms = row['jax_xla_conv_ms']
+  row['jax_xla_conv_speedup_vs_torch_eager'] = eager_ms / xla_conv_ms if xla_conv_ms else None
+  flops = getattr(runners.get('jax_xla_conv'), 'flops', None)  # custom calls count no FLOPs
+  row['jax_step_gflop'] = flops / 1e9 if flops else None
+  row['jax_gflop_per_s'] = flops / jax_ms / 1e6 if flops else None
   row['jax_step_buffers_mb'] = jax_runner.buffers_mb
   row['jax_compile_s'] = jax_runner.compile_s
   row['torch_compile_s'] = getattr(runners.get('torch_compile'), 'compile_s', None)
@@ -163,6 +175,8 @@ def metadata(args) -> dict:
       'jax_backend': jax.default_backend(), 'jax_devices': [str(d) for d in jax.devices()],
       'torch_device': TORCH_DEVICE, 'torch_threads': torch.get_num_threads(),
       'settings': {'steps': args.steps, 'repeats': args.repeats, 'warmup_steps': WARMUP_STEPS,
+                   'conv_impl': onednn_conv.resolve('auto'),
+                   'conv_impl_note': onednn_conv.unavailable_reason(),
                    'conv_transpose_impl': base_config().model.conv_transpose_impl,
                    'optimizer': 'adam 1e-3', 'objective': 'seed', 'data': 'uniform [-1, 1]'},
       'peak_rss_mb': peak_rss_mb(),
@@ -190,20 +204,25 @@ def markdown(rows: list[dict], meta: dict) -> str:
       f'interleaved steps each; speedup = PyTorch median / JAX median. Load average (1 min) '
       f'{meta["load_average_1min"]["start"]:.1f} at the start, '
       f'{meta["load_average_1min"]["end"]:.1f} at the end. Host allocator (both frameworks): '
-      f'{meta["machine"]["host_allocator"]}.',
+      f'{meta["machine"]["host_allocator"]}. JAX convolutions: {settings["conv_impl"]} '
+      f'(`conv_impl=\'auto\'`); the "XLA convs" columns are the same step with '
+      f'`conv_impl=\'xla\'`.',
       '',
-      '| batch | JAX ms | torch eager ms | torch.compile ms | speedup vs eager | '
-      'speedup vs compile | JAX ex/s | eager ex/s | JAX GFLOP/step | JAX GFLOP/s | '
-      'RSS growth MB (JAX / eager / compile) |',
-      '|---|---|---|---|---|---|---|---|---|---|---|',
+      '| batch | JAX ms | JAX, XLA convs ms | torch eager ms | torch.compile ms | speedup vs eager '
+      '| XLA convs vs eager | speedup vs compile | JAX ex/s | eager ex/s | GFLOP/step | '
+      'JAX GFLOP/s | RSS growth MB (JAX / XLA convs / eager / compile) |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for r in rows:
     lines.append(
-        f'| {r["batch_size"]} | {cell(r, "jax")} | {cell(r, "torch_eager")} | '
-        f'{cell(r, "torch_compile")} | {fmt(r["speedup_vs_torch_eager"], ".2f")} | '
+        f'| {r["batch_size"]} | {cell(r, "jax")} | {cell(r, "jax_xla_conv")} | '
+        f'{cell(r, "torch_eager")} | {cell(r, "torch_compile")} | '
+        f'{fmt(r["speedup_vs_torch_eager"], ".2f")} | '
+        f'{fmt(r["jax_xla_conv_speedup_vs_torch_eager"], ".2f")} | '
         f'{fmt(r["speedup_vs_torch_compile"], ".2f")} | {fmt(r["jax_examples_per_s"], ".0f")} | '
         f'{fmt(r["torch_eager_examples_per_s"], ".0f")} | {fmt(r["jax_step_gflop"], ".2f")} | '
         f'{fmt(r["jax_gflop_per_s"], ".1f")} | {fmt(r["jax_rss_growth_mb"], ".0f")} / '
+        f'{fmt(r["jax_xla_conv_rss_growth_mb"], ".0f")} / '
         f'{fmt(r["torch_eager_rss_growth_mb"], ".0f")} / '
         f'{fmt(r["torch_compile_rss_growth_mb"], ".0f")} |')
   load = meta['load_average_1min']
