@@ -19,11 +19,13 @@ ONEDNN_KERNELS = sslm_jax/kernels/_onednn_conv.so
 
 .PHONY: demo test system-deps tcmalloc kernels install install-test clean
 
-demo: system-deps tcmalloc install kernels
+demo: system-deps tcmalloc install
+	@$(MAKE) --no-print-directory kernels
 	$(VENV)/bin/sslm-jax train --config configs/demo.py --workdir runs/demo
 	@echo "run folder: runs/demo (summary.json, metrics.jsonl, reconstructions.png, samples.png, checkpoints/, tensorboard/)"
 
-test: tcmalloc install-test kernels
+test: tcmalloc install-test
+	@$(MAKE) --no-print-directory kernels
 	LD_PRELOAD=$$([ -f $(TCMALLOC_LIB) ] && echo $(TCMALLOC_LIB)) $(VENV)/bin/python -m pytest -q
 
 # Debian/Ubuntu packages: the real Fashion-MNIST files, and venv support for python3.
@@ -42,9 +44,12 @@ tcmalloc:
 
 # oneDNN convolutions for XLA:CPU (sslm_jax/kernels/onednn_conv.py), the VAE's default where
 # built. Optional like tcmalloc, so best effort: without them the convolutions are XLA's own.
+# `make demo` and `make test` run it after installing (so never beside pip or apt under -j).
 kernels: $(ONEDNN_KERNELS)
-$(ONEDNN_KERNELS): sslm_jax/kernels/onednn_conv.cc | $(VENV)/.installed
-	@if [ ! -f /usr/include/oneapi/dnnl/dnnl.hpp ] && command -v apt-get >/dev/null; then \
+$(ONEDNN_KERNELS): sslm_jax/kernels/onednn_conv.cc
+	@rm -f $@
+	@if { [ ! -f /usr/include/oneapi/dnnl/dnnl.hpp ] || ! command -v g++ >/dev/null; } && \
+	    command -v apt-get >/dev/null; then \
 	  ($(call APT_INSTALL,$(SUDO_N)) g++ libdnnl-dev </dev/null >/dev/null) || true; \
 	fi
 	@$(VENV)/bin/python -m sslm_jax.kernels.onednn_conv >/dev/null || \

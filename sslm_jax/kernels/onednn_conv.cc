@@ -20,6 +20,11 @@
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 
+// oneDNN 3.0 removed the operation descriptors (`convolution_forward::desc`) used below.
+#if DNNL_VERSION_MAJOR != 2
+#error "onednn_conv.cc is written for oneDNN 2.x (Debian 12's libdnnl-dev 2.6)"
+#endif
+
 namespace ffi = xla::ffi;
 using dnnl::memory;
 using Tag = memory::format_tag;
@@ -169,6 +174,8 @@ ffi::Error Run(Kind kind, const Shape& shape, void* src, void* weights_user, voi
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
   } catch (const std::exception& e) {
     return ffi::Error::Internal(e.what());
+  } catch (...) {  // nothing may unwind into XLA
+    return ffi::Error::Internal("oneDNN convolution: unknown exception");
   }
   return ffi::Error::Success();
 }

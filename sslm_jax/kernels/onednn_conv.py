@@ -11,6 +11,9 @@ it, registers it and gives JAX functions with their gradients:
 - `conv_transpose(y, w, stride, pad, spatial)`: the linear adjoint of `conv` in x (what
   PyTorch's ConvTranspose2d computes), with `w` in the forward convolution's HWIO layout.
 
+Both have first derivatives (`custom_vjp`); their backward passes call the kernels directly, so
+a second derivative through them is an error (use `conv_impl='xla'` for that).
+
 The kernels are an optional part of the package: `python -m sslm_jax.kernels.onednn_conv`
 compiles them (g++ and Debian/Ubuntu's `libdnnl-dev`; `make install` tries). Without them,
 `conv_impl='auto'` (the default) uses XLA's own convolutions, which compute the same function.
@@ -85,6 +88,9 @@ def resolve(impl: str, dtype=jnp.float32) -> str:
 
 
 def _call(name: str, shape, *args, stride: int, pad: int) -> jax.Array:
+  reason = _load()
+  if reason is not None:
+    raise RuntimeError(f'the oneDNN convolutions cannot run: {reason}')
   return jax.ffi.ffi_call(f'sslm_onednn_conv_{name}', jax.ShapeDtypeStruct(shape, jnp.float32),
                           vmap_method='sequential')(*args, stride=np.int64(stride),
                                                     pad=np.int64(pad))
@@ -161,12 +167,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   """`lax.conv_general_dilated` for `flax.linen.Conv(conv_general_dilated=...)`: the oneDNN `conv`
   for what it covers (2-D NHWC/HWIO, equal strides, equal symmetric padding, no dilation or
   groups, float32), lax for the rest."""
-  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
   pad = _same_symmetric_pad(padding)
-  covered = (lhs.ndim == 4 and dimension_numbers == nhwc and len(set(window_strides)) == 1
-             and pad is not None and set(lhs_dilation or (1,)) == {1}
-             and set(rhs_dilation or (1,)) == {1} and feature_group_count == 1
-             and lhs.dtype == rhs.dtype == jnp.float32)
+  covered = (lhs.ndim == rhs.ndim == 4 and dimension_numbers == jax.lax.conv_dimension_numbers(
+                 lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
+             and len(set(window_strides)) == 1 and pad is not None
+             and set(lhs_dilation or (1,)) == {1} and set(rhs_dilation or (1,)) == {1}
+             and feature_group_count == 1 and lhs.dtype == rhs.dtype == jnp.float32
+             and kwargs.get('batch_group_count', 1) == 1
+             and kwargs.get('preferred_element_type') in (None, jnp.float32))
   if not covered:
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
@@ -182,7 +190,7 @@ def _same_symmetric_pad(padding) -> int | None:
   if len(pairs) != 1:
     return None
   low, high = pairs.pop()
-  return low if low == high else None
+  return low if low == high >= 0 else None
 
 
 def main():
