@@ -3,7 +3,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sslm_jax.kernels import onednn_conv
 from sslm_jax.models.layers import conv_transpose_2x
+
+IMPLS = ['xla', 'col2im', pytest.param('onednn', marks=pytest.mark.skipif(
+    onednn_conv.unavailable_reason() is not None, reason=str(onednn_conv.unavailable_reason())))]
 
 
 def torch_conv_transpose_reference(x, w):
@@ -18,7 +22,7 @@ def torch_conv_transpose_reference(x, w):
   return y[:, 1:2 * h + 1, 1:2 * wd + 1]
 
 
-@pytest.mark.parametrize('impl', ['xla', 'col2im'])
+@pytest.mark.parametrize('impl', IMPLS)
 def test_conv_transpose_matches_definition(impl):
   rng = np.random.default_rng(0)
   x, w = rng.normal(size=(2, 4, 5, 3)), rng.normal(size=(4, 4, 3, 6))
@@ -26,14 +30,17 @@ def test_conv_transpose_matches_definition(impl):
   np.testing.assert_allclose(np.asarray(out), torch_conv_transpose_reference(x, w), atol=1e-4)
 
 
-def test_impls_have_same_gradients():
+@pytest.mark.parametrize('impl', IMPLS[1:])
+def test_impls_have_same_gradients(impl):
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(4, 4, 3, 5)), jnp.float32)
   target = jnp.asarray(rng.normal(size=(2, 8, 8, 5)), jnp.float32)
-  grads = {impl: jax.grad(lambda x, w: jnp.sum((conv_transpose_2x(x, w, impl) - target) ** 2),
-                          argnums=(0, 1))(x, w) for impl in ('xla', 'col2im')}
-  for a, b in zip(grads['xla'], grads['col2im']):
+  def grads(name):  # against lax.conv_transpose's ('xla')
+    return jax.grad(lambda x, w: jnp.sum((conv_transpose_2x(x, w, name) - target) ** 2),
+                    argnums=(0, 1))(x, w)
+
+  for a, b in zip(grads('xla'), grads(impl)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 

@@ -46,7 +46,15 @@ def _conv_transpose_col2im(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def conv_transpose_2x(x: jax.Array, kernel: jax.Array, impl: str = 'col2im') -> jax.Array:
-  """PyTorch ConvTranspose2d(k=4, s=2, p=1) without bias on NHWC `x`; kernel (4, 4, in, out)."""
+  """PyTorch ConvTranspose2d(k=4, s=2, p=1) without bias on NHWC `x`; kernel (4, 4, in, out).
+
+  `impl`: one of CONV_TRANSPOSE_IMPLS, or 'onednn' (sslm_jax/kernels, when built).
+  """
+  if impl == 'onednn':
+    # The adjoint of the stride-2 convolution from the output map back to x, whose HWIO kernel
+    # is ours with in and out swapped.
+    _, h, w, _ = x.shape
+    return onednn_conv.conv_transpose(x, kernel.transpose(0, 1, 3, 2), 2, 1, (2 * h, 2 * w))
   if impl == 'col2im':
     return _conv_transpose_col2im(x, kernel)
   if impl == 'xla':
@@ -78,11 +86,5 @@ class ConvTranspose2x(nn.Module):
                         (4, 4, cin, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-    if onednn_conv.resolve(self.conv_impl, self.dtype) == 'onednn':
-      # The adjoint of the stride-2 convolution from the output map back to x, whose HWIO
-      # kernel is ours with in and out swapped.
-      b, h, w, _ = x.shape
-      y = onednn_conv.conv_transpose(x, kernel.transpose(0, 1, 3, 2), 2, 1, (2 * h, 2 * w))
-    else:
-      y = conv_transpose_2x(x, kernel, self.impl)
-    return y + bias
+    onednn = onednn_conv.resolve(self.conv_impl, self.dtype) == 'onednn'
+    return conv_transpose_2x(x, kernel, 'onednn' if onednn else self.impl) + bias
