@@ -78,6 +78,7 @@ struct Cached {
   dnnl::primitive primitive;
   memory::desc weights;
   memory::desc scratchpad;
+  Descs descs;
 };
 
 Cached Create(Kind kind, const Shape& shape) {
@@ -85,13 +86,13 @@ Cached Create(Kind kind, const Shape& shape) {
   auto hint = ForwardDesc(d);
   switch (kind) {
     case Kind::kForward:
-      return {dnnl::convolution_forward(hint), hint.weights_desc(), hint.scratchpad_desc()};
+      return {dnnl::convolution_forward(hint), hint.weights_desc(), hint.scratchpad_desc(), d};
     case Kind::kBackwardData: {
       auto desc = dnnl::convolution_backward_data::desc(
           dnnl::algorithm::convolution_direct, d.src, d.weights_any, d.dst, d.strides,
           d.padding, d.padding);
       dnnl::convolution_backward_data::primitive_desc pd(desc, UserScratchpad(), Engine(), hint);
-      return {dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc()};
+      return {dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc(), d};
     }
     case Kind::kBackwardWeights: {
       auto desc = dnnl::convolution_backward_weights::desc(
@@ -100,7 +101,7 @@ Cached Create(Kind kind, const Shape& shape) {
       dnnl::convolution_backward_weights::primitive_desc pd(desc, UserScratchpad(), Engine(),
                                                             hint);
       return {dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(),
-              pd.scratchpad_desc()};
+              pd.scratchpad_desc(), d};
     }
   }
   throw std::logic_error("unknown convolution kind");
@@ -113,11 +114,6 @@ const Cached& Lookup(Kind kind, const Shape& shape) {
   auto& entry = cache[{kind, shape}];
   if (!entry) entry = std::make_unique<Cached>(Create(kind, shape));
   return *entry;
-}
-
-template <typename B>
-void* Data(B& buffer) {
-  return buffer.untyped_data();
 }
 
 // The check every handler makes: rank-4 NHWC activations and HWIO weights that fit together.
@@ -144,7 +140,7 @@ Shape MakeShape(ffi::Span<const int64_t> src, ffi::Span<const int64_t> weights, 
 ffi::Error Run(Kind kind, const Shape& shape, void* src, void* weights_user, void* dst) {
   try {
     const Cached& c = Lookup(kind, shape);
-    const Descs d = MakeDescs(shape);
+    const Descs& d = c.descs;
     dnnl::engine& engine = Engine();
     dnnl::stream stream(engine);
     memory src_m(d.src, engine, src), dst_m(d.dst, engine, dst);
@@ -180,60 +176,36 @@ ffi::Error Run(Kind kind, const Shape& shape, void* src, void* weights_user, voi
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> src, ffi::Buffer<ffi::F32> weights,
-                   ffi::ResultBuffer<ffi::F32> dst, int64_t stride, int64_t pad) {
-  if (auto e = CheckShapes(src.dimensions(), weights.dimensions(), dst->dimensions(), stride, pad);
+// The three handlers share one signature, two float32 operands and one result; which of them is
+// the convolution's source, weights and destination depends on the kind.
+template <Kind kind>
+ffi::Error Handle(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                  ffi::ResultBuffer<ffi::F32> result, int64_t stride, int64_t pad) {
+  ffi::Buffer<ffi::F32>& out = *result;
+  ffi::Buffer<ffi::F32>& src = kind == Kind::kBackwardData ? out : a;
+  ffi::Buffer<ffi::F32>& weights = kind == Kind::kBackwardWeights ? out : b;
+  ffi::Buffer<ffi::F32>& dst = kind == Kind::kForward ? out : kind == Kind::kBackwardData ? a : b;
+  if (auto e = CheckShapes(src.dimensions(), weights.dimensions(), dst.dimensions(), stride, pad);
       e.failure())
     return e;
-  return Run(Kind::kForward, MakeShape(src.dimensions(), weights.dimensions(), stride, pad),
-             Data(src), Data(weights), dst->untyped_data());
+  return Run(kind, MakeShape(src.dimensions(), weights.dimensions(), stride, pad),
+             src.untyped_data(), weights.untyped_data(), dst.untyped_data());
 }
 
-ffi::Error BackwardData(ffi::Buffer<ffi::F32> dst_grad, ffi::Buffer<ffi::F32> weights,
-                        ffi::ResultBuffer<ffi::F32> src_grad, int64_t stride, int64_t pad) {
-  if (auto e = CheckShapes(src_grad->dimensions(), weights.dimensions(), dst_grad.dimensions(),
-                           stride, pad);
-      e.failure())
-    return e;
-  return Run(Kind::kBackwardData,
-             MakeShape(src_grad->dimensions(), weights.dimensions(), stride, pad),
-             src_grad->untyped_data(), Data(weights), Data(dst_grad));
-}
-
-ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> src, ffi::Buffer<ffi::F32> dst_grad,
-                           ffi::ResultBuffer<ffi::F32> weights_grad, int64_t stride,
-                           int64_t pad) {
-  if (auto e = CheckShapes(src.dimensions(), weights_grad->dimensions(), dst_grad.dimensions(),
-                           stride, pad);
-      e.failure())
-    return e;
-  return Run(Kind::kBackwardWeights,
-             MakeShape(src.dimensions(), weights_grad->dimensions(), stride, pad), Data(src),
-             weights_grad->untyped_data(), Data(dst_grad));
+auto Binding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("stride")
+      .Attr<int64_t>("pad");
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SslmOnednnConvForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("pad"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SslmOnednnConvBackwardData, BackwardData,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("pad"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SslmOnednnConvBackwardWeights, BackwardWeights,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("pad"));
+// Operands: forward (src, weights) -> dst; backward data (dst gradient, weights) -> src
+// gradient; backward weights (src, dst gradient) -> weights gradient.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SslmOnednnConvForward, Handle<Kind::kForward>, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SslmOnednnConvBackwardData, Handle<Kind::kBackwardData>, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SslmOnednnConvBackwardWeights, Handle<Kind::kBackwardWeights>,
+                              Binding());
