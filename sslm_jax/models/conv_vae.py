@@ -101,8 +101,9 @@ class Decoder(nn.Module):
     # one to one between the two frameworks without permuting the dense layer.
     x = x.reshape(x.shape[0], self.base_features, side, side).transpose(0, 2, 3, 1)
     widths = list(self.features) + [self.output_channels]
+    onednn = onednn_conv.resolve(self.conv_impl, self.dtype) == 'onednn'
     for i, width in enumerate(widths):
-      x = ConvTranspose2x(width, impl=self.conv_transpose_impl, conv_impl=self.conv_impl,
+      x = ConvTranspose2x(width, impl='onednn' if onednn else self.conv_transpose_impl,
                           dtype=self.dtype, name=f'ConvTranspose_{i}')(x)
       if i < len(widths) - 1:
         x = nn.relu(x)

@@ -69,12 +69,10 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array, impl: str = 'col2im') -> 
 class ConvTranspose2x(nn.Module):
   """Stride-2 4x4 transposed convolution with bias; see the module docstring.
 
-  `conv_impl` (sslm_jax.kernels.onednn_conv): where it resolves to 'onednn' the oneDNN kernels
-  compute it, else `impl`.
+  `impl`: as `conv_transpose_2x`'s ('onednn' too, which the model picks through its `conv_impl`).
   """
   features: int
   impl: str = 'col2im'
-  conv_impl: str = 'auto'
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -86,5 +84,4 @@ class ConvTranspose2x(nn.Module):
                         (4, 4, cin, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-    onednn = onednn_conv.resolve(self.conv_impl, self.dtype) == 'onednn'
-    return conv_transpose_2x(x, kernel, 'onednn' if onednn else self.impl) + bias
+    return conv_transpose_2x(x, kernel, self.impl) + bias
