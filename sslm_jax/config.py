@@ -36,6 +36,7 @@ SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'linear')
 CONV_TRANSPOSE_IMPLS = ('col2im', 'xla')  # sslm_jax/models/layers.py implements them
 CONV_IMPLS = ('auto', 'xla', 'onednn')  # sslm_jax/kernels/onednn_conv.py
 DTYPES = ('float32', 'bfloat16')
+DATA_PIPELINES = ('memory', 'grain')  # sslm_jax/data/loader.py
 
 
 class ConfigError(ValueError):
@@ -102,6 +103,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.label_key = 'label'         # classification: a ClassLabel feature
   c.data.validation_fraction = 0.0   # classification: > 0 carves data.eval_split out of
   c.data.split_seed = 0              # data.train_split, stratified by class, with this seed
+  # Reading (sslm_jax/data/loader.py): 'memory' holds the splits in host memory; 'grain' streams
+  # them through Grain (images from tfds records; a GPT's causal-LM rows from data.token_dir).
+  c.data.pipeline = 'memory'
+  c.data.token_dir = ''              # grain, GPT: the folder `sslm-jax data tokenize` wrote
+  c.data.num_workers = 0             # grain: worker processes reading batches (0: threads only)
+  c.data.prefetch = 4                # batches read ahead by as many threads (2 more on devices)
 
   c.text = ml_collections.ConfigDict()  # text runs: cleaning, tokenizer, sequence layout
   c.text.seq_len = 128
@@ -377,7 +384,27 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   check(isinstance(cl.dropout_rate, float) and 0 <= cl.dropout_rate < 1,
         'classifier.dropout_rate', 'a float in [0, 1)')
   _check_text_vae(config, given, check, choice, positive_int)
+  _check_data_pipeline(config, check, choice, positive_int)
   return problems
+
+
+def _check_data_pipeline(config, check, choice, positive_int) -> None:
+  """The data.pipeline keys' checks, reported through `problems`' own check functions."""
+  d, m, o = config.data, config.model, config.objective
+  choice('data.pipeline', DATA_PIPELINES)
+  check(isinstance(d.token_dir, str), 'data.token_dir', "a folder, or '' for none")
+  positive_int('data.num_workers', minimum=0)
+  positive_int('data.prefetch')
+  if d.pipeline == 'grain':
+    images = m.name in IMAGE_MODELS and o.name != 'classification'
+    check(images or (m.name == 'gpt' and o.name == 'causal_lm'), 'data.pipeline',
+          "'memory' for this run ('grain' streams the images of vae/ae runs and the token "
+          "shards of gpt causal_lm runs)")
+    check(m.name != 'gpt' or bool(d.token_dir), 'data.token_dir',
+          "the folder `sslm-jax data tokenize` wrote, with data.pipeline='grain'")
+  else:
+    check(d.num_workers == 0, 'data.num_workers',
+          "0 with data.pipeline='memory' (worker processes would copy the in-memory splits)")
 
 
 def _check_text_vae(config, given, check, choice, positive_int) -> None:

@@ -47,8 +47,7 @@ def final_params(workdir):
   ckpt = Checkpointer(str(workdir), read_only=True)
   step = ckpt.steps()[-1]
   assert step == NUM_STEPS
-  # restore without a target: the raw arrays as saved
-  restored = ckpt._manager.restore(step)  # noqa: SLF001  (test-only peek)
+  restored = ckpt.restore(step, None)  # without a target: the raw arrays as saved
   ckpt.close()
   return jax.tree.map(np.asarray, restored['params'])
 

@@ -5,11 +5,12 @@ Text feature: our `text_files/*`, lm1b, imdb_reviews, tiny_shakespeare, ...). To
 become fixed-shape int32 rows, either packed (`pack_tokens`: documents joined, for causal LMs) or
 one document a row (`pad_tokens`: with a mask, for masked LMs, denoising and classification).
 
-Batches are dicts of numpy arrays taken row-wise from a dict of row arrays, so one batching
-serves every objective: the batch of train step `s` is a pure function of (seed, s) (the
-epoch's permutation is `numpy.random.default_rng([seed, epoch])`, as for images), so a resumed
-run sees exactly the batches an uninterrupted one would. Eval batches hold every row once; the
-last one is padded with zero rows and `row_mask` (float32) is 1.0 exactly on real rows.
+Batches are dicts of numpy arrays taken row-wise from a dict of row arrays (or any
+`sslm_jax.data.loader.RowSource`, e.g. streamed token shards), so one batching serves every
+objective: the batch of train step `s` is a pure function of (seed, s) (`loader.train_indices`),
+so a resumed run sees exactly the batches an uninterrupted one would. Eval batches hold every row
+once; the last one is padded with zero rows and `row_mask` (float32) is 1.0 exactly on real
+rows.
 """
 
 import dataclasses
@@ -20,7 +21,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sslm_jax.data.images import train_indices
+from sslm_jax.data import loader
 from sslm_jax.data.tfds_utils import DataError, data_source, prepare, read_all
 
 NORMALIZATIONS = ('NFC', 'NFKC', 'NFD', 'NFKD', '')
@@ -86,6 +87,19 @@ def clean_text(text: str, *, normalization: str = 'NFKC', strip_control: bool = 
     else:
       text = ' '.join(text.split())
   return text
+
+
+CLEANING_KEYS = ('normalization', 'remove_symbols', 'lowercase', 'remove_stopwords')
+
+
+def cleaning(text_config) -> dict:
+  """The `clean_text` settings of a run's `config.text` (what its documents look like)."""
+  return {k: text_config[k] for k in CLEANING_KEYS}
+
+
+def clean_texts(texts: Sequence[str], **settings) -> list[str]:
+  """Each text cleaned with `clean_text(**settings)` (empty results kept: labels stay aligned)."""
+  return [clean_text(x, **settings) for x in texts]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,15 +195,6 @@ def pad_tokens(token_lists: Sequence[Sequence[int]], seq_len: int, *, pad_id: in
 Rows = Mapping[str, np.ndarray] | np.ndarray
 
 
-def _as_rows(rows: Rows) -> dict[str, np.ndarray]:
-  """A dict of arrays with one leading length; a bare array is {'tokens': array}."""
-  rows = {'tokens': rows} if isinstance(rows, np.ndarray) else dict(rows)
-  lengths = {k: len(v) for k, v in rows.items()}
-  if not rows or len(set(lengths.values())) != 1:
-    raise DataError(f'row arrays must share their first dimension; got lengths {lengths}')
-  return rows
-
-
 def lm_train_batches(rows: Rows, batch_size: int, seed: int,
                      start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Endless batches from `start_step` on; the batch of step s is a function of (seed, s).
@@ -197,28 +202,15 @@ def lm_train_batches(rows: Rows, batch_size: int, seed: int,
   Each epoch is a permutation of the rows from `default_rng([seed, epoch])`; the remainder of
   an epoch (len % batch_size rows, a different one each epoch) is dropped.
   """
-  rows = _as_rows(rows)
-  num_rows = len(next(iter(rows.values())))
+  batch_of = loader.StepBatches(loader.MemoryRows(rows), batch_size, seed)
   step = start_step
   while True:
-    idx = train_indices(step, num_examples=num_rows, batch_size=batch_size, seed=seed)
-    yield {k: v[idx] for k, v in rows.items()}
+    yield batch_of(step)
     step += 1
 
 
-def lm_eval_batches(rows: Rows, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-  """Every row once, in order; the last batch is padded with zero rows, and 'row_mask' is 1.0
-  exactly on real rows, so one compiled shape serves the whole split."""
-  rows = _as_rows(rows)
-  if 'row_mask' in rows:
-    raise DataError("rows already hold 'row_mask'; allowed: any other names")
-  n = len(next(iter(rows.values())))
-  for start in range(0, n, batch_size):
-    stop = min(start + batch_size, n)
-    pad = batch_size - (stop - start)
-    batch = {k: v[start:stop] for k, v in rows.items()}
-    batch['row_mask'] = np.ones(stop - start, np.float32)
-    if pad:
-      batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-               for k, v in batch.items()}
-    yield batch
+def lm_eval_batches(rows, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Every row (of arrays, or of a RowSource) once, in order; the last batch is padded with zero
+  rows, and 'row_mask' is 1.0 exactly on real rows, so one compiled shape serves the whole
+  split."""
+  return loader.eval_batches(rows, batch_size, mask_key='row_mask')

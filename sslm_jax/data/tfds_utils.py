@@ -89,12 +89,17 @@ def prepare(name: str, data_dir: str = '', manual_dir: str = '') -> tfds.core.Da
   return builder
 
 
-def read_all(source) -> list:
-  """Every record of a tfds data source; batched reads are 4x faster than one by one."""
+def read_records(source, indices) -> list:
+  """Records `indices` of a tfds data source; batched reads are 4x faster than one by one."""
   try:
-    return source.__getitems__(range(len(source)))
-  except TypeError:  # tfds.testing.mock_data's source does not implement batched reads
-    return [source[i] for i in range(len(source))]
+    return source.__getitems__(indices)
+  except (TypeError, AttributeError):  # tfds.testing.mock_data's source reads one at a time
+    return [source[i] for i in indices]
+
+
+def read_all(source) -> list:
+  """Every record of a tfds data source."""
+  return read_records(source, range(len(source)))
 
 
 def data_source(builder: tfds.core.DatasetBuilder, name: str, split: str):

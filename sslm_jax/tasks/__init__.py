@@ -5,7 +5,8 @@ The loop (`sslm_jax.train.loop`) trains any task; a task provides:
   task.model, task.loss_fn          the Flax module and `loss(params, batch, rng)`
   task.init_params(rng)             the parameters a run starts from
   task.num_train_rows               training examples (or packed rows) an epoch
-  task.train_batches(batch_size, seed, start_step)   numpy batches, a pure function of the step
+  task.train_batch_fn(batch_size, seed, rows)   `step -> numpy batch` of one process's `rows`
+                                    of the step's global batch (sslm_jax.data.loader.StepBatches)
   task.device_transform(batch)      jittable work done on the device before the step
   task.evaluate(params, split)      exact means over a whole split
   task.draw(params, workdir)        pictures or text samples of the run folder

@@ -29,6 +29,7 @@ import numpy as np
 from sslm_jax import config as config_lib
 from sslm_jax.data import images as image_data
 from sslm_jax.data import labels as label_data
+from sslm_jax.data import loader
 from sslm_jax.data import text as text_data
 from sslm_jax.data.tfds_utils import DataError
 from sslm_jax.eval import metrics as metrics_lib
@@ -223,9 +224,9 @@ class ClassificationTask:
   def num_train_rows(self) -> int:
     return len(self.split(self.config.data.train_split))
 
-  def train_batches(self, batch_size: int, seed: int, start_step: int):
-    return text_data.lm_train_batches(self.rows(self.config.data.train_split), batch_size, seed,
-                                      start_step)
+  def train_batch_fn(self, batch_size: int, seed: int, rows: slice) -> loader.StepBatches:
+    return loader.StepBatches(loader.MemoryRows(self.rows(self.config.data.train_split)),
+                              batch_size, seed, rows=rows)
 
   def device_transform(self, batch):
     return _device_transform(batch, self.config.model.input_size)

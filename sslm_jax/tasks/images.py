@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from sslm_jax.data import images as image_data
+from sslm_jax.data import loader
 from sslm_jax.eval import autoencoder as ae_eval
 from sslm_jax.eval import pictures
 from sslm_jax.kernels import onednn_conv
@@ -31,10 +32,12 @@ class ImageTask:
     self.loss_fn = bind_loss(self.model, config.objective)
     self._splits = {}
 
-  def split(self, name: str) -> image_data.ImageSplit:
+  def split(self, name: str) -> 'image_data.ImageSplit | image_data.TfdsImages':
+    """The split in host memory, or streamed (data.pipeline='grain')."""
     if name not in self._splits:
       d = self.config.data
-      data = image_data.load_split(d.name, name, data_dir=d.data_dir, manual_dir=d.manual_dir,
+      data = image_data.open_split(d.name, name, stream=d.pipeline == 'grain',
+                                   data_dir=d.data_dir, manual_dir=d.manual_dir,
                                    image_key=d.image_key)
       image_data.check_compatible(data, self.config.model.channels, f'{d.name}:{name}')
       self._splits[name] = data
@@ -49,9 +52,10 @@ class ImageTask:
   def num_train_rows(self) -> int:
     return len(self.split(self.config.data.train_split))
 
-  def train_batches(self, batch_size: int, seed: int, start_step: int):
-    return image_data.train_batches(self.split(self.config.data.train_split),
-                                    batch_size=batch_size, seed=seed, start_step=start_step)
+  def train_batch_fn(self, batch_size: int, seed: int, rows: slice) -> loader.StepBatches:
+    streamed = self.config.data.pipeline == 'grain'
+    return loader.StepBatches(self.split(self.config.data.train_split), batch_size, seed,
+                              order='index_shuffle' if streamed else 'permutation', rows=rows)
 
   def device_transform(self, batch):
     return {'image': image_data.to_model_input(batch['image'], self.config.model.input_size)}
@@ -69,8 +73,8 @@ class ImageTask:
     c = self.config
     eval_split = self.split(c.data.eval_split)
     n = min(c.train.num_pictures, len(eval_split))
-    originals, recon = ae_eval.reconstruct(params, eval_split.images[:n], model=self.model,
-                                           input_size=c.model.input_size)
+    originals, recon = ae_eval.reconstruct(params, eval_split.read(range(n))['image'],
+                                           model=self.model, input_size=c.model.input_size)
     pictures.save_reconstructions(os.path.join(workdir, 'reconstructions.png'), originals, recon)
     pictures.save_samples(os.path.join(workdir, 'samples.png'),
                           ae_eval.sample(params, n, jax.random.PRNGKey(c.seed), model=self.model))

@@ -3,6 +3,10 @@
 Text comes from any tfds text dataset (or the `text_files` builders for local files), is cleaned
 as `config.text` says, and tokenized by a sentencepiece model trained on the training split at
 the start of the run and saved as `<workdir>/tokenizer.model`, so eval and sampling reproduce it.
+That is `data.pipeline='memory'`, which tokenizes the splits at every start and holds them in
+host memory. With `data.pipeline='grain'` a causal LM streams the rows of `data.token_dir`
+instead (`sslm-jax data tokenize`, `sslm_jax.data.shards`): the same rows, tokenized once, with
+their tokenizer, which the run checks and copies to `<workdir>/tokenizer.model`.
 
 Rows: causal LM packs the documents into one stream (`doc eos doc eos ...`) cut into rows of
 seq_len + 1; MLM and denoising keep one document a row (`bos doc eos`, padded or truncated to
@@ -19,6 +23,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from sslm_jax.data import loader, shards
 from sslm_jax.data import text as text_data
 from sslm_jax.data.tfds_utils import DataError
 from sslm_jax.data.tokenizer import Tokenizer, num_bytes, num_chars, train_tokenizer
@@ -32,10 +37,7 @@ TOKENIZER_FILE = 'tokenizer.model'
 
 def clean_texts(config, texts: list[str]) -> list[str]:
   """Each text cleaned as `config.text` says (empty results kept, so labels stay aligned)."""
-  t = config.text
-  return [text_data.clean_text(x, normalization=t.normalization, remove_symbols=t.remove_symbols,
-                               lowercase=t.lowercase, remove_stopwords=t.remove_stopwords)
-          for x in texts]
+  return text_data.clean_texts(texts, **text_data.cleaning(config.text))
 
 
 def load_or_train_tokenizer(config, workdir: str, *, training: bool,
@@ -75,8 +77,16 @@ class LanguageTask:
 
   def __init__(self, config, workdir: str, *, training: bool):
     self.config = config
-    self._texts, self._rows = {}, {}
-    self.tokenizer = self._load_or_train_tokenizer(workdir, training)
+    self._texts, self._rows, self._sources = {}, {}, {}
+    self._manifest = None
+    if config.data.pipeline == 'grain':
+      self._manifest, path = shards.check_for_run(config, workdir)
+      self.tokenizer = Tokenizer.load(path)
+      if training and jax.process_index() == 0:  # eval and sampling load the workdir's
+        os.makedirs(workdir, exist_ok=True)
+        shards.write_atomic(os.path.join(workdir, TOKENIZER_FILE), self.tokenizer.model_proto)
+    else:
+      self.tokenizer = self._load_or_train_tokenizer(workdir, training)
     t = self.tokenizer
     self.vocab = lm.Vocab(size=t.vocab_size, pad_id=t.pad_id, bos_id=t.bos_id, eos_id=t.eos_id,
                           mask_id=t.mask_id, first_normal_id=t.first_normal_id)
@@ -120,6 +130,25 @@ class LanguageTask:
       self._rows[split] = rows
     return self._rows[split]
 
+  def source(self, split: str) -> loader.RowSource:
+    """The split's model rows ({'tokens'} or {'tokens', 'mask'}), in memory or streamed."""
+    if split not in self._sources:
+      if self._manifest is not None:
+        self._sources[split] = shards.TokenShards(self.config.data.token_dir, split,
+                                                  manifest=self._manifest)
+      else:
+        self._sources[split] = loader.MemoryRows(
+            {k: v for k, v in self.rows(split).items() if k in ('tokens', 'mask')})
+    return self._sources[split]
+
+  def split_facts(self, split: str) -> dict:
+    """Documents, characters and bytes a token of the split (for bits per character)."""
+    if self._manifest is not None:
+      return self._manifest['splits'][split]
+    rows = self.rows(split)
+    return {'documents': len(self.texts(split)), 'chars_per_token': rows['chars_per_token'],
+            'bytes_per_token': rows['bytes_per_token']}
+
   def _load_or_train_tokenizer(self, workdir: str, training: bool) -> Tokenizer:
     return load_or_train_tokenizer(self.config, workdir, training=training,
                                    train_texts=lambda: self.texts(self.config.data.train_split))
@@ -131,14 +160,12 @@ class LanguageTask:
 
   @property
   def num_train_rows(self) -> int:
-    return len(self.rows(self.config.data.train_split)['tokens'])
+    return len(self.source(self.config.data.train_split))
 
-  def _model_rows(self, split: str) -> dict:
-    return {k: v for k, v in self.rows(split).items() if k in ('tokens', 'mask')}
-
-  def train_batches(self, batch_size: int, seed: int, start_step: int):
-    return text_data.lm_train_batches(self._model_rows(self.config.data.train_split),
-                                      batch_size, seed, start_step)
+  def train_batch_fn(self, batch_size: int, seed: int, rows: slice) -> loader.StepBatches:
+    streamed = self._manifest is not None
+    return loader.StepBatches(self.source(self.config.data.train_split), batch_size, seed,
+                              order='index_shuffle' if streamed else 'permutation', rows=rows)
 
   def device_transform(self, batch):
     return batch
@@ -148,14 +175,14 @@ class LanguageTask:
     c = self.config
     rng = jax.random.fold_in(jax.random.PRNGKey(c.seed), _EVAL_STREAM)
     totals = None
-    for i, batch in enumerate(text_data.lm_eval_batches(self._model_rows(split),
+    for i, batch in enumerate(text_data.lm_eval_batches(self.source(split),
                                                         c.train.eval_batch_size)):
       sums = self._eval_sums(params, batch, jax.random.fold_in(rng, i))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = {k: float(v) for k, v in jax.device_get(totals).items()}
-    rows = self.rows(split)
-    result = lm.summarize(totals, chars_per_token=rows['chars_per_token'],
-                          bytes_per_token=rows['bytes_per_token'])
+    facts = self.split_facts(split)
+    result = lm.summarize(totals, chars_per_token=facts['chars_per_token'],
+                          bytes_per_token=facts['bytes_per_token'])
     if c.objective.name != 'causal_lm':  # MLM and denoising predict part of the text only
       del result['bits_per_char'], result['bits_per_byte']
     return result
@@ -200,9 +227,9 @@ class LanguageTask:
 
   def describe(self) -> dict:
     d = self.config.data
-    train = self.rows(d.train_split)
-    return {'train_examples': len(self.texts(d.train_split)),
-            'train_rows': len(train['tokens']),
-            'train_tokens': int(train['tokens'].size),
-            'chars_per_token': train['chars_per_token'],
-            'vocab_size': self.tokenizer.vocab_size}
+    facts, rows = self.split_facts(d.train_split), self.num_train_rows
+    return {'train_examples': facts['documents'], 'train_rows': rows,
+            'train_tokens': rows * (self.config.text.seq_len +
+                                    (self.config.objective.name == 'causal_lm')),
+            'chars_per_token': facts['chars_per_token'],
+            'vocab_size': self.tokenizer.vocab_size, 'data_pipeline': d.pipeline}

@@ -7,7 +7,7 @@ as LanguageTask does). One document a row, `bos doc eos` padded to text.seq_len;
 'truncate' they are cut (losing their eos). Every row of a split is evaluated, so "per sentence"
 means per kept document.
 
-The KL weight needs the step inside the loss: `train_batches` adds it to every row
+The KL weight needs the step inside the loss: `train_batch_fn` adds it to every row
 (`batch['step']`), so the one train step serves this objective unchanged.
 
 Evaluation (exact over a split, fixed noise): the ELBO, its reconstruction and KL terms and the
@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sslm_jax.data import loader
 from sslm_jax.data import text as text_data
 from sslm_jax.data.tfds_utils import DataError
 from sslm_jax.eval import text_vae as tv_eval
@@ -166,13 +167,10 @@ class TextVAETask:
   def num_train_rows(self) -> int:
     return len(self.rows(self.config.data.train_split)['tokens'])
 
-  def train_batches(self, batch_size: int, seed: int, start_step: int):
+  def train_batch_fn(self, batch_size: int, seed: int, rows: slice) -> loader.StepBatches:
     """LM batches of whole sentences, each row carrying its step (for the KL schedule)."""
-    batches = text_data.lm_train_batches(self.rows(self.config.data.train_split), batch_size,
-                                         seed, start_step)
-    for step, batch in enumerate(batches, start=start_step):
-      batch['step'] = np.full(len(batch['tokens']), step, np.int32)
-      yield batch
+    return loader.StepBatches(loader.MemoryRows(self.rows(self.config.data.train_split)),
+                              batch_size, seed, rows=rows, step_key='step')
 
   def device_transform(self, batch):
     return batch

@@ -1,10 +1,16 @@
-"""Orbax checkpoints of the train state: keep the newest N, resume from the newest intact one.
+"""Orbax checkpoints of the train state and the data position: keep the newest N, resume from
+the newest intact one.
 
-Orbax writes each step into a temporary folder and renames it when complete, so a process killed
+A step's folder holds two items, written together: `state/` (the train state) and `data/` (the
+data iterator's position, through Grain's Orbax handler: one small JSON file a process). Orbax
+writes the step into a temporary folder and renames it when complete, so a process killed
 mid-save leaves the previous steps as they were (the leftover `*.orbax-checkpoint-tmp*` folder
-is ignored, then cleaned by the next save of that step). A finished checkpoint that later fails
-to restore (truncated or corrupted files) is moved, not deleted, to `<workdir>/quarantine/` and
-the next newest is tried; the move keeps a later save of the same step number possible.
+is ignored, then cleaned by the next save of that step). Folders of older runs hold the state
+alone under `default/`; they restore as before (the data position is then the step's).
+
+A finished checkpoint that later fails to restore (truncated or corrupted files) is moved, not
+deleted, to `<workdir>/quarantine/` and the next newest is tried; the move keeps a later save of
+the same step number possible.
 """
 
 import logging
@@ -12,6 +18,7 @@ import os
 import shutil
 import time
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -27,6 +34,10 @@ def abstract_like(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+STATE, DATA = 'state', 'data'  # the items of a step's folder
+OLD_STATE = 'default'          # the state of a folder written before the data position was kept
+
+
 class Checkpointer:
   """The checkpoints of one run folder."""
 
@@ -39,19 +50,47 @@ class Checkpointer:
         enable_async_checkpointing=async_save,
         read_only=read_only,
         create=not read_only)
-    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=self._options,
+        item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                       DATA: grain.checkpoint.CheckpointHandler()})
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state) -> None:
-    """Starts saving `state` as `step` (asynchronously when enabled). The device-to-host copy
-    is done before this returns, so the caller may donate `state` to the next step."""
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+  def save(self, step: int, state, data=None) -> None:
+    """Starts saving `state` (and the position of `data`, a Grain iterator) as `step`,
+    asynchronously when enabled. The device-to-host copy is done before this returns, so the
+    caller may donate `state` to the next step."""
+    items = {STATE: ocp.args.StandardSave(state)}
+    if data is not None:
+      items[DATA] = grain.checkpoint.CheckpointSave(data)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
   def restore(self, step: int, target):
-    """The checkpoint of `step`, laid out like `target` (arrays or ShapeDtypeStructs)."""
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+    """The train state of `step`, laid out like `target` (arrays or ShapeDtypeStructs); with
+    `target=None`, the arrays as saved."""
+    abstract = None if target is None else abstract_like(target)
+    old = os.path.join(self._step_dir(step), OLD_STATE)
+    if os.path.isdir(old):
+      return ocp.StandardCheckpointer().restore(old, abstract)
+    return self._manager.restore(
+        step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract)}))[STATE]
+
+  def restore_data(self, step: int, iterator) -> bool:
+    """Sets `iterator` (a Grain iterator) to the data position saved with `step`; False, with
+    the iterator untouched, where there is none for this process (a folder of an older run, or
+    one saved by another number of processes)."""
+    index, count = jax.process_index(), jax.process_count()
+    saved = os.path.join(self._step_dir(step), DATA, f'process_{index}-of-{count}.json')
+    if not os.path.exists(saved):
+      return False
+    self._manager.restore(step, args=ocp.args.Composite(
+        **{DATA: grain.checkpoint.CheckpointRestore(iterator)}))
+    return True
 
   def restore_latest(self, target):
     """(state, step) from the newest checkpoint that restores, or (None, None) if there are none.

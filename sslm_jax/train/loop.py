@@ -3,9 +3,17 @@
 `train_and_evaluate(config, workdir)` is the whole job. Rerunning it on the same workdir resumes
 from the newest intact checkpoint and, on the same machine, reproduces the parameters of an
 uninterrupted run bit for bit: batches are a function of (seed, step), randomness is the base key
-folded with the step, and nothing else carries state between steps.
+folded with the step, and nothing else carries state between steps. The data iterator's position
+is saved beside the train state and checked against it on resume.
+
+The device is never left waiting on the host: batches are read ahead and placed on the devices
+by background threads (`sslm_jax.data.loader.StepIterator`); metrics stay on the device until a
+log step (where the non-finite check runs, as before any save or evaluation), and the host runs
+at most MAX_STEPS_AHEAD steps ahead of the device, so the progress bar and the logged steps/s
+follow the device; checkpoints are written asynchronously by Orbax.
 """
 
+import collections
 import dataclasses
 import json
 import logging
@@ -18,13 +26,18 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from sslm_jax import config as config_lib
-from sslm_jax.data.images import steps_per_epoch
+from sslm_jax.data import loader
+from sslm_jax.data.loader import steps_per_epoch
 from sslm_jax.tasks import build_task
 from sslm_jax.train import checkpoint as ckpt_lib
 from sslm_jax.train import optim, parallel, step as step_lib, writers
 from sslm_jax.train.state import TrainState, create_train_state
 
 log = logging.getLogger(__name__)
+
+# Steps dispatched ahead of the newest finished one: enough to keep the device busy while the
+# host dispatches the next, few enough that the host's clock follows the device's.
+MAX_STEPS_AHEAD = 2
 
 
 class WorkdirError(ValueError):
@@ -54,7 +67,7 @@ RESUMABLE_CHANGES = ('optimizer.learning_rate', 'train.num_epochs', 'train.num_s
                      'train.checkpoint_every_steps',
                      'train.keep_checkpoints', 'train.async_checkpoints', 'train.num_pictures',
                      'train.progress_bar', 'train.eval_batch_size', 'data.data_dir',
-                     'data.manual_dir',
+                     'data.manual_dir', 'data.token_dir', 'data.num_workers', 'data.prefetch',
                      # Where and how the same computation runs: a resumed job may get another
                      # coordinator, other process ids or devices (checkpoints are unplaced).
                      'parallel.mode', 'parallel.mesh_data', 'parallel.mesh_fsdp',
@@ -182,6 +195,19 @@ def compile_step(run: Run, mesh) -> parallel.ParallelStep:
                                      state_example=run.init_state)
 
 
+def restore_data_position(checkpointer: ckpt_lib.Checkpointer, step: int,
+                          feed: loader.StepIterator) -> None:
+  """The feed at the position saved with checkpoint `step`, which must be `step` itself; at
+  `step` too where none was saved (an older run's folder, another number of processes)."""
+  if step and checkpointer.restore_data(step, feed):
+    if feed.get_state()['step'] != step:
+      raise ckpt_lib.CheckpointError(
+          f'checkpoint {step} in {checkpointer.directory} holds a data position of step '
+          f'{feed.get_state()["step"]}, not {step}; allowed: a checkpoint saved by the loop')
+  else:
+    feed.set_state({'step': step})
+
+
 def restore_or_init(run: Run, checkpointer: ckpt_lib.Checkpointer,
                     pstep: parallel.ParallelStep) -> TrainState:
   """The newest intact checkpoint (or the initial state), laid out for `pstep`."""
@@ -260,20 +286,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writers.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), start_step)
   writer = writers.MetricWriter(workdir, enabled=writer_enabled)
 
-  batches = run.task.train_batches(c.batch_size, config.seed, start_step)
-  rows = parallel.process_slice(c.batch_size)  # every process draws the global batch, feeds its part
+  # Each process reads only the rows of every global batch that it feeds.
+  feed = loader.StepIterator(
+      run.task.train_batch_fn(c.batch_size, config.seed, parallel.process_slice(c.batch_size)),
+      start=start_step, stop=run.total_steps, place=pstep.place_batch,
+      prefetch=config.data.prefetch, num_workers=config.data.num_workers)
   eval_splits = (config.data.eval_split,)
   final_splits = tuple(dict.fromkeys(eval_splits + ((config.data.test_split,)
                                                     if config.data.test_split else ())))
   bar = tqdm.tqdm(total=run.total_steps, initial=start_step, unit='step', dynamic_ncols=True,
                   disable=not (c.progress_bar and writer_enabled))
   pending, eval_metrics = [], None
+  in_flight = collections.deque()  # the metrics of steps that may not have finished
   window_start, window_steps = time.time(), 0
   try:
+    restore_data_position(checkpointer, start_step, feed)
+    feed.start_prefetch()
     for step in range(start_step, run.total_steps):
-      host_batch = {k: v[rows] for k, v in next(batches).items()}
-      state, metrics = pstep.step(state, pstep.place_batch(host_batch))
+      state, metrics = pstep.step(state, next(feed))
       pending.append((step + 1, metrics))
+      in_flight.append(metrics)
+      if len(in_flight) > MAX_STEPS_AHEAD:  # waits for an older step; newer ones stay queued
+        jax.block_until_ready(in_flight.popleft())
       window_steps += 1
       bar.update(1)
       done = step + 1
@@ -290,16 +324,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bar.set_postfix(loss=f'{means["loss"]:.4f}', steps_per_s=f'{rate:.2f}')
       if done % ckpt_every == 0 or is_last:
         _check_finite(pending)  # never save a state that a non-finite loss has touched
-        checkpointer.save(done, pstep.unplace_state(state))
+        checkpointer.save(done, pstep.unplace_state(state), feed)
       if done % eval_every == 0 or is_last:
         _check_finite(pending)  # nor evaluate or draw one
+        eval_started = time.time()
         eval_metrics = evaluate_and_draw(run, eval_params(pstep, state), done, writer,
                                          final_splits if is_last else eval_splits)
         bar.write(f'step {done}: ' + ', '.join(f'{k}={v:.5g}' for k, v in eval_metrics.items()))
+        window_start += time.time() - eval_started  # steps/s counts training, not evaluation
     if eval_metrics is None:  # complete, but killed before its summary was written
       eval_metrics = evaluate_and_draw(run, eval_params(pstep, state), start_step, writer,
                                        final_splits)
   finally:
+    feed.close()
     bar.close()
     checkpointer.close()
     writer.close()
