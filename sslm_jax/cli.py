@@ -8,6 +8,8 @@
   sslm-jax interpolate --workdir runs/text_vae --a 'One sentence.' --b 'Another.' [--steps 5]
   sslm-jax data prepare --name idx_images/fashion_mnist --manual_dir DIR [--data_dir DIR]
   sslm-jax data info    --name idx_images/fashion_mnist [--data_dir DIR]   (a prepared dataset)
+  sslm-jax data tokenize --config configs/gpt_fortunes.py [--out DIR] [--workers N] [--splits a,b]
+  sslm-jax data info    --token_dir DIR                    (token shards: counts, all checked)
 
 Every error a user can cause exits non-zero with one message naming what is wrong and what is
 allowed; nothing in the workdir is written over.
@@ -44,6 +46,11 @@ def _load_config(argv: list[str], command: str = 'train'):
       config.to_dict()  # a config file that failed to load raises on first access
   except Exception as e:  # noqa: BLE001
     raise config_lib.ConfigError(f'{type(e).__name__}: {e}') from e
+  if command == 'tokenize':
+    if config is None:
+      raise config_lib.ConfigError('data tokenize needs --config FILE (the run\'s config: its '
+                                   'data.*, text.seq_len, text.* cleaning and tokenizer)')
+    return config_lib.validate(config), None
   if command == 'pipeline':
     if config is None:
       raise config_lib.ConfigError('pipeline needs --config FILE (e.g. '
@@ -129,8 +136,44 @@ def cmd_interpolate(args, rest) -> int:
   return 0
 
 
+def cmd_tokenize(args, rest) -> int:
+  from sslm_jax.data import shards
+  config, _ = _load_config(rest, command='tokenize')
+  out = args.out or config.data.token_dir
+  if not out:
+    raise FileNotFoundError('data tokenize needs --out DIR (or --config.data.token_dir=DIR)')
+  splits = tuple(s for s in args.splits.split(',') if s)
+  manifest = shards.tokenize(config, out, splits=splits, workers=args.workers,
+                             rows_per_shard=args.rows_per_shard or shards.ROWS_PER_SHARD)
+  print(json.dumps(_token_summary(out, manifest), indent=2))
+  return 0
+
+
+def _token_summary(token_dir: str, manifest: dict) -> dict:
+  summary = {'token_dir': token_dir, 'seq_len': manifest['seq_len'],
+             'tokenizer': manifest['tokenizer'],
+             'splits': {s: {k: e[k] for k in ('documents', 'tokens', 'rows', 'chars_per_token')}
+                        | {'shards': len(e['shards'])} for s, e in manifest['splits'].items()}}
+  for key in ('seconds', 'tokens_per_second'):
+    if key in manifest:
+      summary[key] = round(manifest[key], 1)
+  return summary
+
+
 def cmd_data(args, rest) -> int:
   from sslm_jax.data import images as image_data
+  if args.action == 'tokenize':
+    return cmd_tokenize(args, rest)
+  if args.action == 'info' and args.token_dir:
+    from sslm_jax.data import shards
+    manifest = shards.read_manifest(args.token_dir)
+    for split, entry in manifest['splits'].items():
+      shards.check_shards(args.token_dir, split, entry)
+    print(json.dumps(_token_summary(args.token_dir, manifest), indent=2))
+    return 0
+  if not args.name:
+    raise FileNotFoundError(f'data {args.action} needs --name (a tfds dataset)' +
+                            (' or --token_dir' if args.action == 'info' else ''))
   if args.action == 'prepare':
     builder = image_data.prepare(args.name, args.data_dir, args.manual_dir)
     print(f'{args.name} prepared in {builder.data_dir}')
@@ -208,11 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
   inter.add_argument('--steps', type=_at_least_two, default=5,
                      help='points on the line, both ends included (>= 2)')
   inter.set_defaults(func=cmd_interpolate)
-  data = sub.add_parser('data', help='prepare or describe a tfds image dataset')
-  data.add_argument('action', choices=('prepare', 'info'))
-  data.add_argument('--name', required=True, help='e.g. idx_images/fashion_mnist, mnist')
+  data = sub.add_parser('data', help='prepare or describe a tfds image dataset; tokenize a text '
+                                     'dataset once into token shards')
+  data.add_argument('action', choices=('prepare', 'info', 'tokenize'))
+  data.add_argument('--name', default='', help='e.g. idx_images/fashion_mnist, mnist')
   data.add_argument('--data_dir', default='', help="tfds data dir ('' = tfds' default)")
   data.add_argument('--manual_dir', default='', help='folder of local files (idx_images)')
+  data.add_argument('--token_dir', default='', help='info: a folder of token shards')
+  data.add_argument('--out', default='', help='tokenize: the folder to write (default: '
+                                              'the config\'s data.token_dir)')
+  data.add_argument('--workers', type=int, default=0,
+                    help='tokenize: processes (0 = one a core)')
+  data.add_argument('--splits', default='', help='tokenize: comma-separated splits (default: '
+                                                 'the config\'s train, eval and test splits)')
+  data.add_argument('--rows_per_shard', type=_positive_int, default=None,
+                    help='tokenize: rows a shard file (default 8192)')
   data.set_defaults(func=cmd_data)
   return parser
 
@@ -226,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   logging.getLogger(__name__).info('host allocator: %s', host_memory.describe())
   args, rest = build_parser().parse_known_args(argv)
-  if rest and args.command not in ('train', 'pipeline'):
+  takes_config = args.command in ('train', 'pipeline') or (
+      args.command == 'data' and args.action == 'tokenize')
+  if rest and not takes_config:
     print(f'sslm-jax {args.command}: unknown arguments {rest}', file=sys.stderr)
     return USAGE_ERROR
   from sslm_jax.config import ConfigError

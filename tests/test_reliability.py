@@ -2,7 +2,8 @@
 
 Each run trains a tiny model on the generated IDX dataset (see conftest). On CPU the same
 compiled program is bit-identical across processes, so a killed-and-resumed run must end with
-exactly the parameters of an uninterrupted one.
+exactly the parameters of an uninterrupted one. The random-moment kill streams the images
+through Grain (data.pipeline='grain'): its data position comes back from the checkpoint.
 """
 
 import os
@@ -23,23 +24,24 @@ pytestmark = pytest.mark.slow
 NUM_STEPS = 160
 
 
-def command(workdir, data_dir):
+def command(workdir, data_dir, pipeline='memory'):
   overrides = tiny_overrides(**{'train.num_steps': NUM_STEPS, 'train.checkpoint_every_steps': 20,
                                 'train.eval_every_steps': 80, 'train.log_every_steps': 10,
-                                'train.keep_checkpoints': 3})
+                                'train.keep_checkpoints': 3, 'data.pipeline': pipeline})
   return [sys.executable, '-m', 'sslm_jax.cli', 'train', '--config', 'configs/vae_mnist.py',
           '--workdir', str(workdir), '--config.data.name=idx_images/mnist',
           f'--config.data.data_dir={data_dir}', *overrides]
 
 
-def run_to_end(workdir, data_dir):
-  result = subprocess.run(command(workdir, data_dir), capture_output=True, text=True, timeout=300)
+def run_to_end(workdir, data_dir, pipeline='memory'):
+  result = subprocess.run(command(workdir, data_dir, pipeline), capture_output=True, text=True,
+                          timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
 
-def start(workdir, data_dir):
-  return subprocess.Popen(command(workdir, data_dir), stdout=subprocess.DEVNULL,
+def start(workdir, data_dir, pipeline='memory'):
+  return subprocess.Popen(command(workdir, data_dir, pipeline), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
 
 
@@ -75,6 +77,13 @@ def reference(tmp_path_factory, idx_dataset):
   return final_params(workdir)
 
 
+@pytest.fixture(scope='module')
+def streamed_reference(tmp_path_factory, idx_dataset):
+  workdir = tmp_path_factory.mktemp('uninterrupted_streamed')
+  run_to_end(workdir, idx_dataset[0], 'grain')
+  return final_params(workdir)
+
+
 def test_kill_right_after_a_checkpoint_then_resume(tmp_path, idx_dataset, reference):
   proc = start(tmp_path, idx_dataset[0])
   assert wait_for(lambda: os.path.isdir(tmp_path / 'checkpoints' / '40')), 'no checkpoint 40'
@@ -86,19 +95,19 @@ def test_kill_right_after_a_checkpoint_then_resume(tmp_path, idx_dataset, refere
   assert_bit_identical(final_params(tmp_path), reference)
 
 
-def test_kill_at_a_random_moment_then_resume(tmp_path, idx_dataset, reference):
+def test_kill_at_a_random_moment_then_resume(tmp_path, idx_dataset, streamed_reference):
   delay = random.Random().uniform(0.0, 1.5)  # a different moment each run of the suite
   print(f'killing {delay:.3f} s after checkpoint 20')
-  proc = start(tmp_path, idx_dataset[0])
+  proc = start(tmp_path, idx_dataset[0], 'grain')
   # Count from the first checkpoint, so that the rerun has something to resume from.
   assert wait_for(lambda: os.path.isdir(tmp_path / 'checkpoints' / '20'))
   time.sleep(delay)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, 'the run ended before the kill: nothing was tested'
-  result = run_to_end(tmp_path, idx_dataset[0])
+  result = run_to_end(tmp_path, idx_dataset[0], 'grain')
   assert 'resuming from checkpoint' in result.stderr
-  assert_bit_identical(final_params(tmp_path), reference)
+  assert_bit_identical(final_params(tmp_path), streamed_reference)
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_keeps_it(tmp_path, idx_dataset, reference):

@@ -304,19 +304,35 @@ def _write_shard(job) -> dict:
     parts.append(tokens[max(lo - start, 0):max(min(hi - start, len(tokens)), 0)])
   stream = np.concatenate(parts).astype(np.dtype(dtype).newbyteorder('<'))
   index = np.arange(last - first)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
-  rows = stream[index]
+  return write_shard_file(path, stream[index])
+
+
+def write_shard_file(path: str, rows: np.ndarray) -> dict:
+  """`rows` (little-endian, one record each) as the array_record file `path`, which appears
+  only once complete; its manifest entry (rows, bytes, fingerprint)."""
   writer = ArrayRecordWriter(path + '.tmp', WRITE_OPTIONS)
   for row in rows:
     writer.write(row.tobytes())
   writer.close()
   os.replace(path + '.tmp', path)
-  return {'rows': last - first, 'bytes': os.path.getsize(path),
+  return {'rows': len(rows), 'bytes': os.path.getsize(path),
           'fingerprint': _fingerprint(rows[0].tobytes(), rows[-1].tobytes())}
 
 
 def _run_jobs(fn, jobs, pool, bar, weight) -> None:
   for result in (pool.imap_unordered(fn, jobs) if pool else map(fn, jobs)):
     bar.update(weight(result))
+
+
+def _train_texts(config) -> list[str]:
+  """The cleaned, non-empty documents of the train split (in memory: to train a tokenizer)."""
+  d = config.data
+  raw = text_data.load_text_split(d.name, d.train_split, data_dir=d.data_dir, text_key=d.text_key)
+  texts = [x for x in text_data.clean_texts(raw.texts, **text_data.cleaning(config.text)) if x]
+  if not texts:
+    raise DataError(f'{d.name}:{d.train_split} has no text after cleaning; allowed: a split '
+                    f'with non-empty {d.text_key!r} values')
+  return texts
 
 
 def _tokenizer_for(config, out_dir: str, train_texts) -> Tokenizer:
@@ -372,11 +388,8 @@ def tokenize(config, out_dir: str, *, splits: tuple[str, ...] = (), workers: int
   created = not os.path.exists(out_dir)
   try:
     os.makedirs(out_dir, exist_ok=True)
-    tokenizer = _tokenizer_for(config, out_dir, lambda: [
-        x for x in text_data.clean_texts(
-            text_data.load_text_split(d.name, d.train_split, data_dir=d.data_dir,
-                                      text_key=d.text_key).texts,
-            **text_data.cleaning(config.text)) if x])
+    tokenizer = _tokenizer_for(config, out_dir, lambda: _train_texts(config))
+    tokenizing = time.time()
     manifest = _tokenize_splits(config, out_dir, builder.data_dir, sources, tokenizer,
                                 workers=workers or os.cpu_count() or 1,
                                 rows_per_shard=rows_per_shard, docs_per_unit=docs_per_unit,
@@ -385,10 +398,11 @@ def tokenize(config, out_dir: str, *, splits: tuple[str, ...] = (), workers: int
     if created:  # nothing written: the folder goes as it came
       shutil.rmtree(out_dir, ignore_errors=True)
     raise
-  seconds = time.time() - started
+  seconds = time.time() - tokenizing
   tokens = sum(s['tokens'] for s in manifest['splits'].values())
-  log.info('tokenized %d tokens in %.1f s (%.0f tokens/s) into %s', tokens, seconds,
-           tokens / seconds, out_dir)
+  log.info('tokenized %d tokens in %.1f s (%.0f tokens/s; %.1f s in all, with preparing the '
+           'dataset and the tokenizer) into %s', tokens, seconds, tokens / seconds,
+           time.time() - started, out_dir)
   manifest['seconds'], manifest['tokens_per_second'] = seconds, tokens / seconds
   return manifest
 

@@ -21,7 +21,6 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sslm_jax.data import loader
 from sslm_jax.data.tfds_utils import DataError, data_source, prepare, read_all
 
 NORMALIZATIONS = ('NFC', 'NFKC', 'NFD', 'NFKD', '')
@@ -44,8 +43,8 @@ _SPACES = re.compile(r'[^\S\n]+')  # whitespace other than the newline
 _BLANK_RUNS = re.compile(r'\n{3,}')
 
 
-def _is_control(ch: str) -> bool:
-  return unicodedata.category(ch) == 'Cc' and ch not in '\t\n'
+# Unicode's control characters (category Cc: U+0000-U+001F, U+007F-U+009F) but tab and newline.
+_CONTROL = re.compile('[\x00-\x08\x0b-\x1f\x7f-\x9f]')
 
 
 def clean_text(text: str, *, normalization: str = 'NFKC', strip_control: bool = True,
@@ -72,7 +71,7 @@ def clean_text(text: str, *, normalization: str = 'NFKC', strip_control: bool = 
     text = unicodedata.normalize(normalization, text)
   text = text.replace('\r\n', '\n').replace('\r', '\n')
   if strip_control:
-    text = ''.join(ch for ch in text if not _is_control(ch))
+    text = _CONTROL.sub('', text)
   if remove_symbols:
     text = text.translate({ord(ch): None for ch in remove_symbols})
   if lowercase:
@@ -202,6 +201,7 @@ def lm_train_batches(rows: Rows, batch_size: int, seed: int,
   Each epoch is a permutation of the rows from `default_rng([seed, epoch])`; the remainder of
   an epoch (len % batch_size rows, a different one each epoch) is dropped.
   """
+  from sslm_jax.data import loader  # Grain imports JAX: not for tokenizing worker processes
   batch_of = loader.StepBatches(loader.MemoryRows(rows), batch_size, seed)
   step = start_step
   while True:
@@ -213,4 +213,5 @@ def lm_eval_batches(rows, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
   """Every row (of arrays, or of a RowSource) once, in order; the last batch is padded with zero
   rows, and 'row_mask' is 1.0 exactly on real rows, so one compiled shape serves the whole
   split."""
+  from sslm_jax.data import loader
   return loader.eval_batches(rows, batch_size, mask_key='row_mask')

@@ -84,4 +84,5 @@ class ImageTask:
     m = self.config.model
     return {'train_examples': len(self.split(d.train_split)),
             'test_examples': len(self.split(d.eval_split)),
-            'convolutions': onednn_conv.resolve(m.conv_impl, m.dtype)}  # who computed them
+            'convolutions': onednn_conv.resolve(m.conv_impl, m.dtype),  # who computed them
+            'data_pipeline': d.pipeline}
