@@ -301,7 +301,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   window_start, window_steps = time.time(), 0
   try:
     restore_data_position(checkpointer, start_step, feed)
-    feed.start_prefetch()
+    if start_step < run.total_steps:
+      feed.start_prefetch()  # the first batches are read while the step compiles
     for step in range(start_step, run.total_steps):
       state, metrics = pstep.step(state, next(feed))
       pending.append((step + 1, metrics))
