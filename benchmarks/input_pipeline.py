@@ -97,14 +97,23 @@ def child(kind: str, args: dict) -> dict:
   feed = loader.StepIterator(batches, start=0, stop=args['steps'], prefetch=4,
                              num_workers=args['workers'])
   next(feed)  # started: threads, worker processes, shard readers
-  start = time.perf_counter()
-  for _ in range(args['steps'] - 1):
+  rss_start, rss_max, seconds = rss_mb(), 0.0, 0.0
+  for i in range(args['steps'] - 1):
+    start = time.perf_counter()
     next(feed)
-  seconds = time.perf_counter() - start
+    seconds += time.perf_counter() - start
+    if i % 10 == 0:
+      rss_max = max(rss_max, rss_mb())
   feed.close()
   return {'items_per_s': (args['steps'] - 1) * items / seconds,
           'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          'rss_mb_first_batch': rss_start, 'rss_mb_streaming_max': rss_max,
           'rows': len(source), 'steps': args['steps']}
+
+
+def rss_mb() -> float:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
 
 
 def run_child(kind: str, **args) -> dict:
@@ -219,7 +228,12 @@ def markdown(r: dict) -> str:
       f'- Peak RSS streaming {r["stream_steps"]} steps of {LARGE_SHAPE[0]} x {LARGE_SHAPE[1]}: '
       f'{r["peak_rss_mb_1x"]:.0f} MB from a {r["corpus_mb_1x"]:.0f} MB corpus (1x), '
       f'{r["peak_rss_mb_20x"]:.0f} MB from {r["corpus_mb_20x"]:.0f} MB (20x): '
-      f'{100 * (r["peak_rss_mb_20x"] / r["peak_rss_mb_1x"] - 1):+.1f}%.', '']
+      f'{100 * (r["peak_rss_mb_20x"] / r["peak_rss_mb_1x"] - 1):+.1f}%. Resident while '
+      f'streaming (sampled every 10 steps), from the first batch to the largest: '
+      + ', '.join(f'{size} {r["memory"][size]["rss_mb_first_batch"]:.0f} -> '
+                  f'{r["memory"][size]["rss_mb_streaming_max"]:.0f} MB' for size in ('1x', '20x'))
+      + f'; loader rate {r["memory"]["1x"]["items_per_s"]:,.0f} (1x) and '
+      f'{r["memory"]["20x"]["items_per_s"]:,.0f} (20x) tokens/s.', '']
   return '\n'.join(lines)
 
 
@@ -270,6 +284,7 @@ def main(argv=None) -> dict:
       **step, 'loader_over_step': loader_rates[gpt_key]['threads'] / step['step_tokens_per_s'],
       'step_samples': args.step_steps * args.step_repeats,
       'peak_rss_mb_1x': memory['1x']['peak_rss_mb'], 'peak_rss_mb_20x': memory['20x']['peak_rss_mb'],
+      'memory': memory,
       'rows_1x': memory['1x']['rows'], 'rows_20x': memory['20x']['rows'],
       'corpus_mb_1x': memory['1x']['rows'] * row_bytes / 2 ** 20,
       'corpus_mb_20x': memory['20x']['rows'] * row_bytes / 2 ** 20,
