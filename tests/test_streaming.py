@@ -42,7 +42,8 @@ def streamed_config(corpus, token_dir, **extra):
 def test_token_shards_hold_the_memory_rows_and_survive_an_interruption(corpus, token_dir,
                                                                         tmp_path, monkeypatch):
   from sslm_jax.tasks.language import LanguageTask
-  config = text_config(corpus, **{'text.tokenizer_path': os.path.join(token_dir, 'tokenizer.model')})
+  tokenizer = os.path.join(token_dir, 'tokenizer.model')
+  config = text_config(corpus, **{'text.tokenizer_path': tokenizer})
   memory = LanguageTask(config, str(tmp_path / 'memory'), training=True)
   manifest = shards.read_manifest(token_dir)
   assert len(manifest['splits']['train']['shards']) > 2

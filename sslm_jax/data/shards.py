@@ -53,6 +53,7 @@ ROWS_PER_SHARD = 8192          # rows a shard (16 MB at seq_len 1024 in uint16)
 MAX_OPEN_SHARDS = 64           # readers a process keeps open: bounds their indexes in memory
 WRITE_OPTIONS = 'group_size:1,uncompressed'
 READ_OPTIONS = 'readahead_buffer_size:0,max_parallelism:0'  # random access
+READ_BUFFER = 32 * 1024        # bytes a reader buffers (riegeli's default, 1 MiB, a reader)
 
 
 def sha256_file(path: str) -> str:
@@ -185,7 +186,8 @@ class TokenShards:
         reader = self._open.pop(s, None)
         if reader is None:
           try:
-            reader = ArrayRecordReader(self._paths[s], READ_OPTIONS)
+            reader = ArrayRecordReader(self._paths[s], READ_OPTIONS,
+                                       file_reader_buffer_size=READ_BUFFER)
           except Exception as e:  # noqa: BLE001
             raise DataError(f'cannot open token shard {self._paths[s]} ({e})') from e
         self._open[s] = reader
@@ -275,7 +277,8 @@ def _documents(split: str, start: int, stop: int) -> list[str]:
   if split not in sources:
     sources[split] = tfds.builder_from_directory(_worker['data_dir']).as_data_source(split=split)
   examples = read_records(sources[split], range(start, stop))
-  texts = text_data.clean_texts([text_data._as_str(e[_worker['text_key']]) for e in examples],  # noqa: SLF001
+  key = _worker['text_key']
+  texts = text_data.clean_texts([text_data.as_str(e[key]) for e in examples],
                                 **_worker['cleaning'])
   return [t for t in texts if t]
 

@@ -111,12 +111,12 @@ class TextSplit:
     return len(self.texts)
 
 
-def _as_str(value) -> str:
+def as_str(value) -> str:
   # Real array_record data gives bytes, tfds.testing.mock_data gives str.
   if isinstance(value, (bytes, np.bytes_)):
     return bytes(value).decode('utf-8', errors='replace')
   if isinstance(value, np.ndarray):
-    return _as_str(value.item())
+    return as_str(value.item())
   return str(value)
 
 
@@ -141,7 +141,7 @@ def load_text_split(name: str, split: str, *, data_dir: str = '', manual_dir: st
     raise DataError(f'data.label_key={label_key!r} of {name!r} is not a class label '
                     f'({type(label_feature).__name__}); allowed: a ClassLabel feature')
   examples = read_all(data_source(builder, name, split))
-  texts = [_as_str(e[text_key]) for e in examples]
+  texts = [as_str(e[text_key]) for e in examples]
   if label_feature is None:
     return TextSplit(texts, np.full(len(texts), -1, np.int64), ())
   labels = np.asarray([int(e[label_key]) for e in examples], np.int64).reshape(len(texts))
