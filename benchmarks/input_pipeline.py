@@ -11,14 +11,16 @@ r"""The input pipeline: what the loader delivers beside what the train step cons
    (Fashion-MNIST's size), beside the VAE step's images/s from benchmarks/results/vae_step.json.
 4. The step beside the loader: the 2-core GPT step (configs/gpt_fortunes.py at 32 x 128, the
    library's jitted step) timed with one batch already on the device, and fed by the loader (read
-   ahead and placed by its background threads, as in `sslm-jax train`), interleaved; the
-   slowdown is the ratio of the median step times.
+   ahead and placed by its background threads, as in `sslm-jax train`), alternating step by
+   step; the slowdown is the ratio of the median step times. On a loaded machine that ratio is
+   noise; the loader's CPU time a batch (measured in 1.) beside the step time bounds what it can
+   take from the step whatever the load.
 
 Each loader measurement runs in a fresh subprocess (`--child`); corpora are random token ids
 written as token shards (`shards.write_shard_file`, the writer `sslm-jax data tokenize` uses).
 
   python benchmarks/input_pipeline.py             # about 4 minutes on 2 idle cores; 3 GB disk
-  python benchmarks/input_pipeline.py --budget_mb=16 --step_repeats=2   # a quick look
+  python benchmarks/input_pipeline.py --budget_mb=16 --step_samples=8   # a quick look
 """
 
 import argparse
@@ -52,8 +54,8 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--budget_mb', type=int, default=128, help='the 1x corpus (20x: 20 times it)')
   p.add_argument('--stream_steps', type=int, default=600, help='steps each loader run reads')
-  p.add_argument('--step_steps', type=int, default=10, help='GPT steps a repeat, each side')
-  p.add_argument('--step_repeats', type=int, default=4)
+  p.add_argument('--step_samples', type=int, default=40,
+                 help='GPT steps timed each way (alone, fed by the loader), alternating')
   p.add_argument('--out_dir', default=os.path.join(ROOT, 'benchmarks', 'results'))
   p.add_argument('--work_dir', default='', help='where corpora are generated (default: a tmp dir)')
   p.add_argument('--child', default='', help=argparse.SUPPRESS)
@@ -98,17 +100,26 @@ def child(kind: str, args: dict) -> dict:
                              num_workers=args['workers'])
   next(feed)  # started: threads, worker processes, shard readers
   rss_start, rss_max, seconds = rss_mb(), 0.0, 0.0
+  cpu_start = cpu_seconds()
   for i in range(args['steps'] - 1):
     start = time.perf_counter()
     next(feed)
     seconds += time.perf_counter() - start
     if i % 10 == 0:
       rss_max = max(rss_max, rss_mb())
+  cpu = cpu_seconds() - cpu_start
   feed.close()
   return {'items_per_s': (args['steps'] - 1) * items / seconds,
+          'cpu_ms_per_batch': cpu / (args['steps'] - 1) * 1e3,
           'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           'rss_mb_first_batch': rss_start, 'rss_mb_streaming_max': rss_max,
           'rows': len(source), 'steps': args['steps']}
+
+
+def cpu_seconds() -> float:
+  """CPU time of this process and its finished or running children (worker processes)."""
+  t = os.times()
+  return t.user + t.system + t.children_user + t.children_system
 
 
 def rss_mb() -> float:
@@ -181,9 +192,9 @@ def step_beside_loader(token_dir: str, args) -> dict:
   timed(lambda: fixed, 3)  # compile and warm up both ways
   timed(lambda: next(feed), 3)
   alone, fed = [], []
-  for _ in range(args.step_repeats):
-    alone += timed(lambda: fixed, args.step_steps)
-    fed += timed(lambda: next(feed), args.step_steps)
+  for _ in range(args.step_samples):  # alternating: load falls on both alike
+    alone += timed(lambda: fixed, 1)
+    fed += timed(lambda: next(feed), 1)
   feed.close()
   ms_alone, ms_fed = np.median(alone) * 1e3, np.median(fed) * 1e3
   return {'step_ms_alone': float(ms_alone), 'step_ms_with_loader': float(ms_fed),
@@ -221,8 +232,12 @@ def markdown(r: dict) -> str:
       '', f'- GPT step (configs/gpt_fortunes.py, {GPT_SHAPE[0]} x {GPT_SHAPE[1]}): '
       f'{r["step_tokens_per_s"]:,.0f} tokens/s alone ({r["step_ms_alone"]:.1f} ms), '
       f'{r["step_ms_with_loader"]:.1f} ms fed by the loader: slowdown '
-      f'{100 * r["step_slowdown_with_loader"]:+.1f}% (median of {r["step_samples"]} interleaved '
-      f'steps each). Loader / step token rate: {r["loader_over_step"]:.0f}x.',
+      f'{100 * r["step_slowdown_with_loader"]:+.1f}% (medians of {r["step_samples"]} alternating '
+      f'steps each; p10-p90 {r["step_ms_alone_p10_p90"][0]:.0f}-{r["step_ms_alone_p10_p90"][1]:.0f}'
+      f' and {r["step_ms_with_loader_p10_p90"][0]:.0f}-{r["step_ms_with_loader_p10_p90"][1]:.0f}'
+      f' ms). Loader / step token rate: {r["loader_over_step"]:.0f}x. The loader spends '
+      f'{r["loader_cpu_ms_per_step"]:.2f} CPU-ms a batch ({100 * r["loader_cpu_share_of_step"]:.2f}% '
+      f'of a step): the most it can take from the step.',
       f'- VAE step (benchmarks/results/vae_step.json, batch 64): '
       + (f'{vae:,.0f} images/s.' if vae else 'not measured.'),
       f'- Peak RSS streaming {r["stream_steps"]} steps of {LARGE_SHAPE[0]} x {LARGE_SHAPE[1]}: '
@@ -252,15 +267,16 @@ def main(argv=None) -> dict:
             '20x': make_token_dir(os.path.join(work, 'large_20x'), 20 * rows_1x, LARGE_SHAPE[1]),
             'gpt': make_token_dir(os.path.join(work, 'gpt'), 50_000, GPT_SHAPE[1])}
     print('corpora written', file=sys.stderr)
-    loader_rates = {}
+    loader_rates, loader_cpu = {}, {}
     for key, shape, token_dir in ((f'{GPT_SHAPE[0]}x{GPT_SHAPE[1]}', GPT_SHAPE, dirs['gpt']),
                                   (f'{LARGE_SHAPE[0]}x{LARGE_SHAPE[1]}', LARGE_SHAPE,
                                    dirs['1x'])):
-      loader_rates[key] = {
-          mode: run_child('stream', token_dir=token_dir, batch=shape[0],
-                          steps=args.stream_steps, workers=workers)['items_per_s']
-          for mode, workers in (('threads', 0), ('workers', 2))}
-      print(key, loader_rates[key], file=sys.stderr)
+      runs = {mode: run_child('stream', token_dir=token_dir, batch=shape[0],
+                              steps=args.stream_steps, workers=workers)
+              for mode, workers in (('threads', 0), ('workers', 2))}
+      loader_rates[key] = {mode: r['items_per_s'] for mode, r in runs.items()}
+      loader_cpu[key] = runs['threads']['cpu_ms_per_batch']
+      print(key, runs, file=sys.stderr)
     memory = {size: run_child('stream', token_dir=dirs[size], batch=LARGE_SHAPE[0],
                               steps=args.stream_steps, workers=0) for size in ('1x', '20x')}
     print('memory', memory, file=sys.stderr)
@@ -282,7 +298,10 @@ def main(argv=None) -> dict:
       'loader_tokens_per_s_64x1024': loader_rates[f'{LARGE_SHAPE[0]}x{LARGE_SHAPE[1]}']['threads'],
       'loader': loader_rates, 'images': image_rates, 'vae_step_images_per_s': vae_images_per_s(),
       **step, 'loader_over_step': loader_rates[gpt_key]['threads'] / step['step_tokens_per_s'],
-      'step_samples': args.step_steps * args.step_repeats,
+      # The loader's CPU time a step, beside the step's time: the most it can take from the step.
+      'loader_cpu_ms_per_step': loader_cpu[gpt_key],
+      'loader_cpu_share_of_step': loader_cpu[gpt_key] / step['step_ms_alone'],
+      'step_samples': args.step_samples,
       'peak_rss_mb_1x': memory['1x']['peak_rss_mb'],
       'peak_rss_mb_20x': memory['20x']['peak_rss_mb'],
       'memory': memory,
