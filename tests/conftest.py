@@ -1,15 +1,31 @@
 """Shared fixtures: tiny configs and a small IDX dataset made in the test (never the network)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
-import numpy as np
-import pytest
-
-from sslm_jax.config import base_config
-from sslm_jax.data.idx import write_idx
-
+# Before anything imports jax: these are read when it starts, here and in the test subprocesses
+# (which inherit the environment).
 # Keep JAX on a predictable small footprint in every test process.
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+# One persistent compilation cache for the session: the same small programs are compiled again
+# and again by the tests and by the `sslm-jax` processes they start (a kill/resume test runs one
+# config four times), and on a 2-core CPU compiling is most of a tiny run. Each session starts
+# empty, so every program is still compiled at least once per run of the suite. The cache key
+# covers the HLO, the XLA flags and the devices, so a different program never reuses an entry.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache = tempfile.mkdtemp(prefix='sslm-jax-tests-xla-cache-')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from sslm_jax.config import base_config  # noqa: E402
+from sslm_jax.data.idx import write_idx  # noqa: E402
 
 TINY_MODEL = {
     'model.encoder_features': (8, 16, 16),

@@ -7,6 +7,7 @@ exactly the parameters of an uninterrupted one.
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,39 +72,42 @@ def wait_for(predicate, timeout=120):
 
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory, idx_dataset):
+  """(workdir, final params) of the uninterrupted run."""
   workdir = tmp_path_factory.mktemp('uninterrupted')
   run_to_end(workdir, idx_dataset[0])
-  return final_params(workdir)
+  return workdir, final_params(workdir)
 
 
-def test_kill_right_after_a_checkpoint_then_resume(tmp_path, idx_dataset, reference):
+def kill(proc):
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return proc.returncode == -signal.SIGKILL
+
+
+def test_killed_right_after_a_checkpoint_then_at_a_random_moment_then_resumed(
+    tmp_path, idx_dataset, reference):
+  """Two interruptions of one run, each resumed by the next process: a kill as soon as
+  checkpoint 40 exists, then a kill at a random moment after the resumed process writes
+  checkpoint 60 (a different moment each run of the suite: mid-step, mid-save, mid-eval)."""
   proc = start(tmp_path, idx_dataset[0])
   assert wait_for(lambda: os.path.isdir(tmp_path / 'checkpoints' / '40')), 'no checkpoint 40'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL
-  result = run_to_end(tmp_path, idx_dataset[0])
-  assert 'resuming from checkpoint' in result.stderr
-  assert_bit_identical(final_params(tmp_path), reference)
-
-
-def test_kill_at_a_random_moment_then_resume(tmp_path, idx_dataset, reference):
-  delay = random.Random().uniform(0.0, 1.5)  # a different moment each run of the suite
-  print(f'killing {delay:.3f} s after checkpoint 20')
+  assert kill(proc)
+  assert not os.path.exists(tmp_path / 'checkpoints' / '60')
+  delay = random.Random().uniform(0.0, 1.5)
+  print(f'second kill {delay:.3f} s after checkpoint 60')
   proc = start(tmp_path, idx_dataset[0])
-  # Count from the first checkpoint, so that the rerun has something to resume from.
-  assert wait_for(lambda: os.path.isdir(tmp_path / 'checkpoints' / '20'))
+  # Count from a checkpoint the second process writes, so that the kill interrupts a resumed run.
+  assert wait_for(lambda: os.path.isdir(tmp_path / 'checkpoints' / '60'))
   time.sleep(delay)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL, 'the run ended before the kill: nothing was tested'
+  assert kill(proc), 'the run ended before the kill: nothing was tested'
+  assert 'resuming from checkpoint 40' in proc.stderr.read()
   result = run_to_end(tmp_path, idx_dataset[0])
   assert 'resuming from checkpoint' in result.stderr
-  assert_bit_identical(final_params(tmp_path), reference)
+  assert_bit_identical(final_params(tmp_path), reference[1])
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_keeps_it(tmp_path, idx_dataset, reference):
-  run_to_end(tmp_path, idx_dataset[0])
+  shutil.copytree(reference[0], tmp_path, dirs_exist_ok=True)  # a finished run
   # Truncate every file of the newest checkpoint's array data (as a full disk or a bad copy).
   latest = tmp_path / 'checkpoints' / str(NUM_STEPS)
   damaged = 0
@@ -122,4 +126,4 @@ def test_corrupt_latest_checkpoint_falls_back_and_keeps_it(tmp_path, idx_dataset
   assert len(quarantined) == 1 and quarantined[0].startswith(f'{NUM_STEPS}-')
   # it resumed from the previous checkpoint and trained the last steps again, identically
   assert 'resuming from checkpoint 140' in result.stderr
-  assert_bit_identical(final_params(tmp_path), reference)
+  assert_bit_identical(final_params(tmp_path), reference[1])
