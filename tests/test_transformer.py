@@ -165,3 +165,40 @@ def test_dropout_uses_the_dropout_rng():
   assert not np.allclose(train(1), train(2)) and not np.allclose(train(1), eval_a)
   with pytest.raises(Exception, match='dropout'):
     model.apply({'params': params}, tokens, deterministic=False)
+
+
+def test_xla_attention_computes_the_reference_model():
+  """attention_impl='xla' (jax.nn.dot_product_attention's XLA path) in float32 on any backend
+  gives the reference model's logits (BERT with padding: the masked path; the causal one is
+  tests/test_attention.py's), to float32 rounding of a different formulation."""
+  tokens = _tokens(7)
+  padding = jnp.arange(MAX_LEN)[None, :] < jnp.array([[7], [MAX_LEN]])
+  model = BertEncoder(**TINY, attention_impl='reference')
+  params = model.init(jax.random.key(0), tokens, padding_mask=padding)
+  xla = jax.jit(model.clone(attention_impl='xla').apply)(params, tokens, padding_mask=padding)
+  np.testing.assert_allclose(xla, jax.jit(model.apply)(params, tokens, padding_mask=padding),
+                             atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_auto_attention_takes_cudnn_in_bfloat16_and_decoding_still_works():
+  """On an NVIDIA GPU 'auto' runs cuDNN for a bf16 GPT (head_dim 64): its logits are the
+  reference model's within bf16 rounding (8 significant bits, different summation orders:
+  1e-1 on logits of order 1-10), and cached generation (whose decode steps run the reference)
+  gives exactly the reference model's tokens."""
+  fields = dict(TINY, embed_dim=128, mlp_dim=256, max_len=64, dtype=jnp.bfloat16)
+  model = GPT(**fields)  # attention_impl='auto'
+  assert model.clone(attention_impl='auto') == model
+  reference = GPT(**fields, attention_impl='reference')
+  tokens = _tokens(4, length=64)
+  params = reference.init(jax.random.key(0), tokens)['params']
+  from sslm_jax.models.attention import choose_attention
+  choice = choose_attention('auto', dtype=jnp.bfloat16, head_dim=64, dropout_rate=0.0)
+  assert choice.impl == 'cudnn', choice.reason
+  np.testing.assert_allclose(jax.jit(model.apply)({'params': params}, tokens),
+                             jax.jit(reference.apply)({'params': params}, tokens),
+                             atol=1e-1, rtol=5e-2)
+  prompt = tokens[:, :8]
+  kwargs = dict(max_new_tokens=16, rng=jax.random.key(3), temperature=0.0)
+  np.testing.assert_array_equal(generate(model, params, prompt, **kwargs),
+                                generate(reference, params, prompt, **kwargs))
