@@ -17,6 +17,12 @@ def attention_choice(config):
                           dropout_rate=config.attention_dropout_rate)
 
 
+def attention_facts(config) -> dict:
+  """{'attention_impl', 'attention_impl_reason'} of a text model's config, for summary.json."""
+  choice = attention_choice(config)
+  return {'attention_impl': choice.impl, 'attention_impl_reason': choice.reason}
+
+
 def build_model(config, vocab_size: int = 0):
   """The module a `model` config section describes (`vocab_size`: the tokenizer's, for text)."""
   dtype = jnp.dtype(config.dtype)
