@@ -26,7 +26,9 @@ the model section's fields, `vocab_size`, `batch_size`, `seq_len` or `logits_chu
   gpt_350m      GPT-2 medium class, 354M: 16 x 1024, vocab 50,304, 24 layers, 16 heads, 1024
 e.g. `gpt2_small:dtype=bfloat16`, `32x128:dropout_rate=0`, `gpt_350m:dtype=bfloat16:batch_size=8`.
 `--rows=auto` (the default) is the CPU rows on a CPU (`fortunes` and two variants, float32) and
-the accelerator rows elsewhere (`fortunes` in float32 and bf16, `gpt2_small` and `gpt_350m` in bf16).
+the accelerator rows elsewhere (`gpt2_small` and `gpt_350m` in bf16, `fortunes` in bf16 and
+float32). The results are rewritten after each row, so a run stopped by a time limit keeps the
+rows it finished.
 
   python benchmarks/gpt_step.py         # CPU: 4.9 CPU-minutes, under 5 minutes on 2 idle cores
   python benchmarks/gpt_step.py --rows=32x128 --steps=2 --repeats=2 --no_compile
@@ -95,8 +97,8 @@ PRESETS = {
     'gpt_350m': f'16x1024:{_BIG}:num_layers=24:num_heads=16:embed_dim=1024:mlp_dim=4096',
 }
 CPU_ROWS = 'fortunes,fortunes:dropout_rate=0,8x256'
-ACCELERATOR_ROWS = ('fortunes:dtype=float32,fortunes:dtype=bfloat16,gpt2_small:dtype=bfloat16,'
-                    'gpt_350m:dtype=bfloat16')
+ACCELERATOR_ROWS = ('gpt2_small:dtype=bfloat16,gpt_350m:dtype=bfloat16,fortunes:dtype=bfloat16,'
+                    'fortunes:dtype=float32')
 ROW_KEYS = ('vocab_size', 'batch_size', 'seq_len', 'logits_chunk_size')  # besides model fields
 
 
@@ -427,21 +429,27 @@ def main(argv=None) -> list[dict]:
   configs = [row_config(spec) for spec in specs]  # a bad row fails before any work
   dtypes = {c.model.dtype for c in configs}
   load_before = os.getloadavg()
-  start_peaks = run_peaks(dtypes)
+  peaks = run_peaks(dtypes)
   rows = []
+
+  def write(rows):
+    for row in rows:
+      add_mfu(row, peaks)
+    meta = metadata(args, specs)
+    meta['load_average_1min'] = {'start': load_before[0], 'end': os.getloadavg()[0]}
+    rows = [{**row, 'meta': meta} for row in rows]
+    write_results(args.out_dir, 'gpt_step', rows, markdown(rows, meta),
+                  backend=jax.default_backend())
+    return rows
+
   for index, spec in enumerate(specs):
     rows.append(bench_row(index, spec, args))
     print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith(('p10', 'p90'))}),
           flush=True)
-  peaks = run_peaks(dtypes, start_peaks)
-  for row in rows:
-    add_mfu(row, peaks)
-  meta = metadata(args, specs)
-  meta['load_average_1min'] = {'start': load_before[0], 'end': os.getloadavg()[0]}
-  rows = [{**row, 'meta': meta} for row in rows]
-  write_results(args.out_dir, 'gpt_step', rows, markdown(rows, meta),
-                backend=jax.default_backend())
-  return rows
+    if index < len(specs) - 1:
+      write(rows)  # the rows so far, should a time limit stop the run
+  peaks = run_peaks(dtypes, peaks)
+  return write(rows)
 
 
 if __name__ == '__main__':

@@ -82,8 +82,8 @@ def choose_attention(requested: str, *, dtype, head_dim: int, dropout_rate: floa
   why). 'auto' takes cuDNN flash attention where it applies (an NVIDIA GPU of compute
   capability >= 8.0, bfloat16/float16, head_dim a multiple of 8 up to 128 (256 on Hopper), no
   attention dropout) and the reference otherwise, saying which condition failed. Whatever is
-  chosen, a KV-cache decode step and a masked call of odd length run the reference
-  (`call_implementation`). `platform` and `compute_capability` default to the default device's.
+  chosen, a KV-cache decode step and a call with a padding mask run the reference
+  (`call_implementation`): cuDNN runs the causal attention of GPT and the text VAE's decoder. `platform` and `compute_capability` default to the default device's.
   """
   if requested not in ATTENTION_IMPLS:
     raise ValueError(f'attention_impl={requested!r}; allowed: {ATTENTION_IMPLS}')
@@ -105,13 +105,15 @@ def choose_attention(requested: str, *, dtype, head_dim: int, dropout_rate: floa
                                   f'{compute_capability})')
 
 
-def call_implementation(implementation: Optional[str], *, q_len: int, kv_len: int,
-                        masked: bool, decoding: bool) -> Optional[str]:
-  """What one call of a model's attention runs: `implementation`, except cuDNN for a KV-cache
-  decode step (new queries against the whole cache through a mask; one query's work gains
-  nothing from flash attention) and for a masked call with an odd length (cuDNN takes a mask as
-  a bias, which needs even lengths when differentiated)."""
-  if implementation == 'cudnn' and (decoding or (masked and (q_len % 2 or kv_len % 2))):
+def call_implementation(implementation: Optional[str], *, masked: bool,
+                        decoding: bool) -> Optional[str]:
+  """What one call of a model's attention runs: `implementation`, except the reference instead
+  of cuDNN for a KV-cache decode step (new queries against the whole cache through a mask; one
+  query's work gains nothing from flash attention) and for a call with a mask (padding): cuDNN
+  takes a mask as a dense bias and jax then asks it for the bias's gradient too, which needs even
+  lengths and is not yet verified on a GPU for per-row masks (`scaled_dot_product_attention`
+  itself runs masks on cuDNN; tests/test_attention.py checks it there)."""
+  if implementation == 'cudnn' and (decoding or masked):
     return 'reference'
   return implementation
 
@@ -390,8 +392,7 @@ class MultiHeadAttention(nn.Module):
       causal = False
 
     use_dropout = self.dropout_rate > 0.0 and not deterministic
-    implementation = call_implementation(self.implementation, q_len=query.shape[1],
-                                         kv_len=key.shape[1], masked=mask is not None,
+    implementation = call_implementation(self.implementation, masked=mask is not None,
                                          decoding=use_cache)
     out = scaled_dot_product_attention(
         query, key, value, mask=mask, causal=causal, dropout_rate=self.dropout_rate,
