@@ -62,8 +62,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks._common import (command_line, gpt_flops_per_token, interleaved_times, machine,
-                                measured_peak, peak_rss_mb, peak_tflops, summary, versions,
-                                write_results)
+                                peak_rss_mb, peak_tflops, summary, versions, write_results)
 from sslm_jax import host_memory
 
 if __name__ == '__main__':

@@ -4,8 +4,10 @@
 warm-up and cosine decay: GPT-2's recipe of about 0.5M tokens a step (512 rows of 1024 tokens) as
 8 micro-batches of 64 rows (`train.grad_accum_steps`). The loss takes the logits 256 positions
 at a time (`objective.logits_chunk_size`: 64 x 256 x 50,304 float32 logits, 3.3 GB, instead of
-13 GB for the whole micro-batch); attention is cuDNN flash attention on a GPU
-(`model.attention_impl='auto'`). On a GPU with less memory than an 80 GB H100, halve the
+13 GB for the whole micro-batch, and as much again for their gradient), at the price of
+recomputing the output layer in the backward pass (2 V d FLOPs a token, about 10% of the step;
+`--config.objective.logits_chunk_size=0` takes it back on a GPU with room); attention is cuDNN
+flash attention on a GPU (`model.attention_impl='auto'`). On a GPU with less memory than an 80 GB H100, halve the
 micro-batch (grad_accum_steps=16) or recompute the blocks (`--config.model.remat=block`).
 Point it at a large corpus, e.g. --config.data.name=lm1b (needs the internet to prepare) or
 text_files/plain with --config.data.manual_dir=/path/to/text.
