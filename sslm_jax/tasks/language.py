@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from sslm_jax.data import text as text_data
 from sslm_jax.data.tfds_utils import DataError
 from sslm_jax.data.tokenizer import Tokenizer, num_bytes, num_chars, train_tokenizer
-from sslm_jax.models import build_model
+from sslm_jax.models import attention_facts, build_model
 from sslm_jax.models.generate import generate
 from sslm_jax.objectives import bind_loss, lm
 
@@ -205,4 +205,4 @@ class LanguageTask:
             'train_rows': len(train['tokens']),
             'train_tokens': int(train['tokens'].size),
             'chars_per_token': train['chars_per_token'],
-            'vocab_size': self.tokenizer.vocab_size}
+            'vocab_size': self.tokenizer.vocab_size, **attention_facts(self.config.model)}
