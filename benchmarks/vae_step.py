@@ -7,6 +7,7 @@ eager, then of torch.compile, so load from other processes on the machine falls 
 alike. Every step is timed on its own, synchronised (JAX: block_until_ready).
 
   python benchmarks/vae_step.py                          # batch 64 and 256, writes results/
+                                                         # (vae_step_<backend>.* off a CPU)
   python benchmarks/vae_step.py --batch_sizes=64 --steps=3 --repeats=2 --no_compile
 
 Memory columns: `*_rss_growth_mb` is the growth of the process's resident set over that
@@ -39,6 +40,8 @@ if __name__ == '__main__':
   # does (sslm_jax/host_memory.py), so that both frameworks run under the allocator a user of
   # the library gets. SSLM_JAX_TCMALLOC=0 measures with the system's malloc instead.
   host_memory.exec_under_tcmalloc()
+# JAX and PyTorch share an accelerator here: JAX must not take 75% of its memory up front.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -250,7 +253,8 @@ def main(argv=None) -> list[dict]:
   meta = metadata(args)
   meta['load_average_1min'] = {'start': load_before[0], 'end': os.getloadavg()[0]}
   rows = [{**row, 'meta': meta} for row in rows]
-  write_results(args.out_dir, 'vae_step', rows, markdown(rows, meta))
+  write_results(args.out_dir, 'vae_step', rows, markdown(rows, meta),
+                backend=jax.default_backend())
   return rows
 
 

@@ -1,8 +1,16 @@
-"""A GPT-2 small class model (124M parameters with a 50k vocabulary) for accelerators.
+"""GPT-2 small (124M parameters, GPT-2's padded vocabulary of 50,304) for one GPU.
 
 12 layers, 12 heads, 768 wide, context 1024, bf16 compute with float32 parameters, AdamW with
-warm-up and cosine decay. Point it at a large corpus, e.g. --config.data.name=lm1b (needs the
-internet to prepare) or text_files/plain with --config.data.manual_dir=/path/to/text.
+warm-up and cosine decay: GPT-2's recipe of about 0.5M tokens a step (512 rows of 1024 tokens) as
+8 micro-batches of 64 rows (`train.grad_accum_steps`). The loss takes the logits 256 positions
+at a time (`objective.logits_chunk_size`: 64 x 256 x 50,304 float32 logits, 3.3 GB, instead of
+13 GB for the whole micro-batch, and as much again for their gradient), at the price of
+recomputing the output layer in the backward pass (2 V d FLOPs a token, about 10% of the step;
+`--config.objective.logits_chunk_size=0` takes it back on a GPU with room); attention is cuDNN
+flash attention on a GPU (`model.attention_impl='auto'`). On a GPU with less memory than an 80 GB H100, halve the
+micro-batch (grad_accum_steps=16) or recompute the blocks (`--config.model.remat=block`).
+Point it at a large corpus, e.g. --config.data.name=lm1b (needs the internet to prepare) or
+text_files/plain with --config.data.manual_dir=/path/to/text.
 """
 
 from sslm_jax.config import base_config
@@ -25,7 +33,10 @@ def get_config():
   config.model.max_len = 1024
   config.model.dropout_rate = 0.0
   config.model.dtype = 'bfloat16'
+  config.model.attention_impl = 'auto'
+  config.model.remat = 'none'
   config.objective.name = 'causal_lm'
+  config.objective.logits_chunk_size = 256
 
   config.optimizer.name = 'adamw'
   config.optimizer.learning_rate = 6e-4
@@ -36,7 +47,8 @@ def get_config():
   config.optimizer.weight_decay = 0.1
   config.optimizer.grad_clip_norm = 1.0
 
-  config.train.batch_size = 512
+  config.train.batch_size = 512       # x 1024 tokens = 524,288 tokens a step
+  config.train.grad_accum_steps = 8   # micro-batches of 64 rows
   config.train.num_epochs = 0
   config.train.num_steps = 100_000
   config.train.eval_batch_size = 64

@@ -37,6 +37,11 @@ CONV_TRANSPOSE_IMPLS = ('col2im', 'xla')  # sslm_jax/models/layers.py implements
 CONV_IMPLS = ('auto', 'xla', 'onednn')  # sslm_jax/kernels/onednn_conv.py
 DTYPES = ('float32', 'bfloat16')
 DATA_PIPELINES = ('memory', 'grain')  # sslm_jax/data/loader.py
+# Accelerator choices of the text models (issue 16): sslm_jax/models/attention.py and
+# transformer.py define them; tests/test_memory.py checks these copies against those.
+ATTENTION_IMPLS = ('auto', 'reference', 'xla', 'cudnn')
+REMATS = ('none', 'block', 'dots_saveable', 'dots_with_no_batch_dims_saveable',
+          'nothing_saveable', 'everything_saveable')
 
 
 class ConfigError(ValueError):
@@ -71,6 +76,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention_dropout_rate = 0.0
   c.model.positions = 'learned'
   c.model.tie_embeddings = True
+  # Accelerators: the attention kernel ('auto' = cuDNN flash attention on a GPU where it applies,
+  # the reference SDPA elsewhere) and rematerialisation of the Transformer blocks ('none', 'block'
+  # or a jax.checkpoint_policies name), which trades recomputation for activation memory.
+  c.model.attention_impl = 'auto'
+  c.model.remat = 'none'
   # text_vae: the Transformer keys above size the decoder (and the encoder's width), latent_dim
   # the posterior (sslm_jax/models/text_vae.py).
   c.model.encoder_type = 'transformer'  # or 'gru' (bidirectional, embed_dim units a direction)
@@ -90,6 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective.deletion_rate = 0.1    # denoising: noisy tokens deleted
   c.objective.class_weights = 'none'  # classification: 'balanced' = n / (classes * class count)
   c.objective.label_smoothing = 0.0  # classification
+  # causal_lm, mlm, denoising: > 0 computes the logits and loss this many sequence positions at a
+  # time (recomputed in the backward pass), never the float32 logits of the whole batch at once.
+  c.objective.logits_chunk_size = 0
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'fashion_mnist'      # any tfds image dataset; idx_images/<name> for local files
@@ -267,6 +280,17 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
               'model.max_len', 'text.seq_len'):
     positive_int(key)
   choice('model.positions', POSITIONS)
+  choice('model.attention_impl', ATTENTION_IMPLS)
+  choice('model.remat', REMATS)
+  if m.name in TEXT_MODELS and m.get('attention_impl') == 'cudnn' and m.dtype in DTYPES and \
+      _all_ints(m.embed_dim, m.num_heads) and m.num_heads > 0 and \
+      isinstance(m.attention_dropout_rate, float):
+    from sslm_jax.models import attention_choice  # imports jax, which only this choice needs
+    try:
+      attention_choice(m)
+    except ValueError as e:
+      check(False, 'model.attention_impl', f"'auto', 'reference' or 'xla' here ({e})")
+  positive_int('objective.logits_chunk_size', minimum=0)
   check(isinstance(m.tie_embeddings, bool), 'model.tie_embeddings', 'True or False')
   for key in ('model.dropout_rate', 'model.attention_dropout_rate'):
     check(isinstance(given.get(key), float) and 0 <= given.get(key) < 1, key, 'a float in [0, 1)')

@@ -1,15 +1,63 @@
-"""Shared fixtures: tiny configs and a small IDX dataset made in the test (never the network)."""
+"""Shared fixtures: tiny configs and a small IDX dataset made in the test (never the network).
 
+Precision: every test compares float32 at full float32 matmul precision, on every backend. JAX's
+default on a GPU is TF32 (10-bit mantissa products), which the float32 tolerances of the parity
+and equivalence tests (1e-5 relative and below) are not made for; CPU ignores the setting. So
+the suite runs under `jax_default_matmul_precision='highest'` (this process, and through the
+environment the subprocesses it starts), and the PyTorch side with TF32 off
+(`float32_torch`). Tests marked `gpu` need a CUDA GPU and skip elsewhere with the reason.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
-import numpy as np
-import pytest
-
-from sslm_jax.config import base_config
-from sslm_jax.data.idx import write_idx
-
+# Before jax is imported here or in a subprocess (which inherits the environment): these are
+# read when it starts. Precision: see the module docstring.
+os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
 # Keep JAX on a predictable small footprint in every test process.
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+# One persistent compilation cache for the session: the same small programs are compiled again
+# and again by the tests and by the `sslm-jax` processes they start (a kill/resume test runs one
+# config four times), and on a 2-core CPU compiling is most of a tiny run. Each session starts
+# empty, so every program is still compiled at least once per run of the suite. The cache key
+# covers the HLO, the XLA flags and the devices, so a different program never reuses an entry.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache = tempfile.mkdtemp(prefix='sslm-jax-tests-xla-cache-')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from sslm_jax.config import base_config  # noqa: E402
+from sslm_jax.data.idx import write_idx  # noqa: E402
+
+FLOAT32_MATMUL_PRECISION = 'highest'
+jax.config.update('jax_default_matmul_precision', FLOAT32_MATMUL_PRECISION)  # jax imported early
+
+
+def float32_torch(torch):
+  """PyTorch's float32 matmuls and convolutions at full precision (no TF32) on CUDA too."""
+  torch.backends.cuda.matmul.allow_tf32 = False
+  torch.backends.cudnn.allow_tf32 = False
+  return torch
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `gpu` run only where JAX's default backend is a GPU."""
+  backend = jax.default_backend()
+  if backend == 'gpu':
+    return
+  skip = pytest.mark.skip(reason=f'needs a CUDA GPU (cuDNN kernels, GPU memory); JAX backend '
+                                 f'here is {backend!r}')
+  for item in items:
+    if 'gpu' in item.keywords:
+      item.add_marker(skip)
 
 TINY_MODEL = {
     'model.encoder_features': (8, 16, 16),

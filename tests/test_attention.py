@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sslm_jax.models.attention import (MultiHeadAttention, apply_rotary, attention_weights,
+                                       call_implementation, choose_attention,
                                        scaled_dot_product_attention)
 
 
@@ -211,3 +212,77 @@ def test_multi_head_attention_cache_matches_full_causal_pass(use_rotary):
     outs.append(out)
   assert int(state['cache']['cache_index']) == max_len
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5)
+
+
+# (requested, platform, compute capability, dtype, head_dim, attention dropout) -> the choice.
+@pytest.mark.parametrize('args,impl,reason', [
+    (('auto', 'gpu', '9.0', 'bfloat16', 64, 0.0), 'cudnn', 'auto: cuDNN flash attention (bfloat16'),
+    (('auto', 'gpu', '8.0', 'float16', 128, 0.0), 'cudnn', 'compute capability 8.0'),
+    (('auto', 'gpu', '9.0', 'bfloat16', 192, 0.0), 'cudnn', 'head_dim 192'),  # Hopper: to 256
+    (('auto', 'cpu', None, 'bfloat16', 64, 0.0), 'reference', "not an NVIDIA GPU (platform 'cpu')"),
+    (('auto', 'tpu', None, 'bfloat16', 64, 0.0), 'reference', "platform 'tpu'"),
+    (('auto', 'gpu', None, 'bfloat16', 64, 0.0), 'reference', 'not an NVIDIA GPU'),  # ROCm
+    (('auto', 'gpu', '7.5', 'bfloat16', 64, 0.0), 'reference', 'compute capability 7.5'),
+    (('auto', 'gpu', '9.0', 'float32', 64, 0.0), 'reference', 'dtype float32'),
+    (('auto', 'gpu', '9.0', 'bfloat16', 64, 0.1), 'reference', 'attention dropout 0.1'),
+    (('auto', 'gpu', '9.0', 'bfloat16', 60, 0.0), 'reference', 'head_dim 60 (cuDNN needs a multiple'),
+    (('auto', 'gpu', '8.6', 'bfloat16', 192, 0.0), 'reference', 'at most 128'),
+    (('auto', 'cpu', None, 'float32', 12, 0.1), 'reference',
+     "platform 'cpu'); dtype float32 (cuDNN flash attention takes bfloat16 or float16); head_dim 12"),
+    (('reference', 'gpu', '9.0', 'bfloat16', 64, 0.0), 'reference', 'as configured'),
+    (('xla', 'cpu', None, 'float32', 64, 0.0), 'xla', 'as configured'),
+    (('cudnn', 'gpu', '9.0', 'bfloat16', 64, 0.0), 'cudnn', 'as configured'),
+])
+def test_choose_attention_decides_and_says_why(args, impl, reason):
+  requested, platform, capability, dtype, head_dim, dropout = args
+  choice = choose_attention(requested, dtype=jnp.dtype(dtype), head_dim=head_dim,
+                            dropout_rate=dropout, platform=platform,
+                            compute_capability=capability)
+  assert choice.impl == impl and reason in choice.reason, choice
+
+
+def test_choose_attention_errors_and_this_device():
+  with pytest.raises(ValueError, match="attention_impl='cudnn' cannot run here: not an NVIDIA"):
+    choose_attention('cudnn', dtype=jnp.bfloat16, head_dim=64, dropout_rate=0.0,
+                     platform='cpu')
+  with pytest.raises(ValueError, match="allowed: \\('auto', 'reference', 'xla', 'cudnn'\\)"):
+    choose_attention('flash', dtype=jnp.bfloat16, head_dim=64, dropout_rate=0.0)
+  if jax.default_backend() != 'gpu':  # this device's facts (a GPU: test_cudnn_* below)
+    choice = choose_attention('auto', dtype=jnp.bfloat16, head_dim=64, dropout_rate=0.0)
+    assert choice.impl == 'reference' and 'not an NVIDIA GPU' in choice.reason
+
+
+def test_call_implementation_keeps_cudnn_off_decode_steps_and_masked_calls():
+  def call(impl, masked=False, decoding=False):
+    return call_implementation(impl, masked=masked, decoding=decoding)
+  assert call('cudnn') == 'cudnn'
+  assert call('cudnn', masked=True, decoding=True) == 'reference'
+  assert call('cudnn', masked=True) == 'reference'
+  assert call('xla', masked=True, decoding=True) == 'xla'
+  assert call(None, decoding=True) is None
+
+
+def _out_and_input_grads(impl, q, k, v, **kwargs):
+  def attend(q, k, v):
+    return scaled_dot_product_attention(q, k, v, implementation=impl, **kwargs)
+  out, vjp = jax.vjp(attend, q, k, v)
+  return (out, *vjp(jnp.cos(out.astype(jnp.float32)).astype(out.dtype)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('masks', ['causal', 'padding', 'causal+padding'])
+def test_cudnn_equals_the_reference_in_bfloat16(masks):
+  """cuDNN flash attention against the reference SDPA on bf16 inputs: outputs and gradients.
+  bf16 keeps 8 significant bits (a relative step of 2^-8, 0.4%) and the two sum in different
+  orders (flash attention's online softmax, blocked), so they agree to about 1e-2 of values of
+  order 1, not bitwise."""
+  t = 128
+  q, k, v = _qkv(batch=2, q_len=t, kv_len=t, heads=4, head_dim=64, dtype=jnp.bfloat16)
+  padding = jnp.arange(t)[None, None, None, :] < jnp.array([t, 100])[:, None, None, None]
+  kwargs = {'causal': dict(causal=True), 'padding': dict(mask=padding),
+            'causal+padding': dict(causal=True, mask=padding)}[masks]
+  ref = jax.jit(lambda q, k, v: _out_and_input_grads(None, q, k, v, **kwargs))(q, k, v)
+  fast = jax.jit(lambda q, k, v: _out_and_input_grads('cudnn', q, k, v, **kwargs))(q, k, v)
+  for name, a, b in zip(('out', 'd_query', 'd_key', 'd_value'), fast, ref):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               atol=2e-2, rtol=2e-2, err_msg=f'{masks}: {name}')

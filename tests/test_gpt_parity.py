@@ -4,8 +4,9 @@ Same weights (PyTorch's random init, converted) must give the same logits, the s
 loss (the library's `lm_loss` through `bind_loss`), the same parameter gradients and the same
 AdamW + global-norm clipping update of the library's optimizer, to a relative error
 ||jax - torch|| / ||torch|| below 1e-5 per tensor in float32, for learned and rotary positions
-and tied and untied output layers. Skipped where torch is not installed
-(`pip install -e .[torch]`).
+and tied and untied output layers. Float32 means full float32 matmuls on both sides, on every
+backend (JAX at 'highest' precision and PyTorch without TF32: tests/conftest.py). Skipped where
+torch is not installed (`pip install -e .[torch]`).
 """
 
 import os
@@ -22,6 +23,7 @@ torch = pytest.importorskip(
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.pytorch_reference import gpt as torch_gpt  # noqa: E402
+from conftest import FLOAT32_MATMUL_PRECISION, float32_torch  # noqa: E402
 from sslm_jax.config import base_config  # noqa: E402
 from sslm_jax.interop import flax_gpt_params_to_torch, torch_gpt_state_dict_to_flax  # noqa: E402
 from sslm_jax.models import GPT  # noqa: E402
@@ -29,6 +31,8 @@ from sslm_jax.objectives import bind_loss  # noqa: E402
 from sslm_jax.objectives.lm import Vocab  # noqa: E402
 from sslm_jax.train import optim  # noqa: E402
 
+float32_torch(torch)
+assert jax.config.jax_default_matmul_precision == FLOAT32_MATMUL_PRECISION
 RTOL = 1e-5
 BATCH, LENGTH = 3, 10
 TINY = dict(vocab_size=37, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32, max_len=12)

@@ -40,6 +40,9 @@ def test_gpt_pretrains_evaluates_and_samples(corpus, tmp_path, capsys):
     assert 0 < summary[f'{split}_bits_per_char'] < 8
   assert (tmp_path / 'tokenizer.model').exists()
   assert (tmp_path / 'samples.txt').read_text().count('--- sample') == 2
+  # 'auto' attention of a float32 model is the reference on every backend, and says why
+  assert summary['attention_impl'] == 'reference'
+  assert 'dtype float32' in summary['attention_impl_reason'], summary['attention_impl_reason']
 
   # eval and sample reuse the run's tokenizer and checkpoint; greedy decoding with and without
   # the KV cache gives the same text

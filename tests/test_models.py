@@ -1,3 +1,7 @@
+"""Image models: shapes, parameter counts, equivalent formulations. Comparisons are float32 at
+full matmul precision on every backend (tests/conftest.py: JAX's GPU default, TF32, would not
+meet their 1e-5 tolerances)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

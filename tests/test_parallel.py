@@ -1,13 +1,14 @@
-"""Data parallelism: jit over a mesh, FSDP, pmap, gradient accumulation, bf16, many processes.
+"""Data parallelism: jit over a mesh, FSDP, pmap, gradient accumulation, bf16.
 
-This process has one CPU device (JAX started with it), so runs on 4 simulated devices and on 2
-processes happen in fresh processes (tests/parallel_worker.py), each under a timeout. Across
-device counts XLA compiles different programs, so those comparisons use a tolerance: rtol 1e-5,
-atol 1e-6 (measured: the largest difference after 10 Adam steps is about a quarter of it).
+This process has one CPU device (JAX started with it), so runs on 4 simulated devices happen in a
+fresh process (tests/parallel_worker.py) under a timeout; many processes are tested through the
+whole loop in tests/test_parallel_loop.py. Across device counts XLA compiles different programs
+(other reduction orders), so those comparisons use a tolerance: rtol 1e-5, atol 1e-6 (about 80
+float32 ulps). Every run trains with SGD and XLA's convolutions (parallel_worker.LAYOUT_SETTINGS
+says why), so differences stay at rounding size for all 10 steps.
 """
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -239,42 +240,3 @@ def test_fsdp_splits_parameters_and_errors_name_the_split(runs):
   assert 'batch of 6 rows cannot be split over 4 local devices' in pmap_error, pmap_error
   assert 'a multiple of 4' in pmap_error
   assert 'global batch size 6 does not split over 4' in jit_error, jit_error
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-@pytest.mark.timeout(300)
-def test_two_processes_match_one_and_resume_identically(single_device, tmp_path):
-  """2 processes x 2 devices (data across processes, FSDP within), each fed its own rows."""
-  workdir = str(tmp_path / 'run')
-  runs = {}
-  for phase in ('first', 'resume'):  # resume: fresh processes restore the checkpoint of step 3
-    port, out = free_port(), str(tmp_path / f'{phase}.npz')
-    procs = []
-    for i in range(2):
-      if phase == 'first':  # by arguments
-        procs.append(start_worker(2, 'processes', out, f'--process_id={i}', '--num_processes=2',
-                                  f'--port={port}', f'--workdir={workdir}', '--phase=first'))
-      else:  # by the environment variables
-        env = {'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}', 'JAX_NUM_PROCESSES': '2',
-               'JAX_PROCESS_ID': str(i)}
-        procs.append(start_worker(2, 'processes', out, '--port=0', f'--workdir={workdir}',
-                                  '--phase=resume', env=env))
-    outputs = finish(procs, timeout=120)
-    print(''.join(line for o in outputs for line in o.splitlines(True)
-                  if line.startswith('process ')))
-    with np.load(out) as r:
-      runs[phase] = dict(r)
-  first, resumed = runs['first'], runs['resume']
-  assert first['processes'] == 2 and first['devices'] == 4
-  steps = worker.PROCESS_STEPS
-  assert_close(first['loss'], single_device['vae_single/loss'][:steps],
-               'losses, 2 processes vs 1 device')
-  assert_close(first['params'], single_device['vae_single/params'][steps - 1],
-               'params, 2 processes vs 1 device')
-  np.testing.assert_array_equal(resumed['loss'], first['loss'][worker.SAVE_AT:])
-  np.testing.assert_array_equal(resumed['params'], first['params'])

@@ -2,12 +2,14 @@
 
 pmap over n devices computes what one device computes with grad_accum_steps=n (each replica
 draws the noise of one micro-batch), and jit over a mesh is the single-device program, so both
-are compared with single-device runs in this process, with the tolerance of test_parallel.py.
+are compared with single-device runs in this process, with the tolerance of test_parallel.py
+and its settings (SGD, XLA's convolutions: parallel_worker.LAYOUT_SETTINGS says why).
 The tiny GPT has no dropout, so both of its layouts must match one device without accumulation.
 """
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -16,10 +18,11 @@ import pytest
 from conftest import tiny_config
 from sslm_jax import config as config_lib
 from sslm_jax.train import loop
+from parallel_worker import LAYOUT_SETTINGS
 from test_language import text_config
 from test_parallel import worker_env
 
-RTOL = 1e-5
+RTOL = 1e-5  # as test_parallel.py: rounding of other reduction orders, not grown by Adam
 RUNS = {'jit': {'parallel.mode': 'jit', 'train.grad_accum_steps': 1},
         'pmap': {'parallel.mode': 'pmap', 'train.grad_accum_steps': 1}}
 
@@ -29,7 +32,7 @@ def run_config(idx_dataset, **extra):
   return tiny_config(**{'data.name': 'idx_images/mnist', 'data.data_dir': data_dir,
                         'data.manual_dir': manual_dir, 'train.num_steps': 8,
                         'train.checkpoint_every_steps': 4, 'train.eval_every_steps': 8,
-                        **extra})
+                        **LAYOUT_SETTINGS, **extra})
 
 
 @pytest.fixture(scope='module')
@@ -52,7 +55,9 @@ for name, (config_json, workdir) in json.loads(sys.argv[1]).items():
 def gpt_config(corpus, **extra):
   """A tiny GPT without dropout: every layout computes the same function of the same batch."""
   return text_config(corpus, **{'train.num_steps': 8, 'train.batch_size': 16,
-                                'train.eval_every_steps': 8, 'text.num_samples': 0, **extra})
+                                'train.eval_every_steps': 8, 'text.num_samples': 0,
+                                'optimizer.name': 'sgd', 'optimizer.learning_rate': 0.1,
+                                'optimizer.momentum': 0.9, **extra})
 
 
 @pytest.mark.timeout(300)
@@ -95,6 +100,12 @@ def test_loop_on_four_devices_matches_one_device(idx_dataset, corpus, one_device
                                                                     rel=RTOL)
 
 
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
 PROCESS_WORKER = '''
 import json, sys
 from sslm_jax import config as config_lib
@@ -107,8 +118,12 @@ print('SUMMARY', json.dumps(summary))
 @pytest.mark.timeout(300)
 def test_loop_on_two_processes_matches_one_device_and_resumes(idx_dataset, one_device, tmp_path):
   """The whole loop as 2 processes x 2 devices on 127.0.0.1 (gloo), stopped after 4 steps and
-  resumed by fresh processes to 8: the same numbers as one device, and process 0 alone writes."""
-  from test_parallel import free_port
+  resumed by fresh processes to 8: the same numbers as one device, and process 0 alone writes.
+
+  The first run joins by config keys and shards parameters over each process's 2 devices (data
+  across processes, FSDP within); the resumed one joins by the JAX_* environment variables on a
+  data-only mesh, so the checkpoint is restored onto another layout.
+  """
   workdir = str(tmp_path / 'two')
   summaries = {}
   for steps in (4, 8):  # a run of 4 steps, then the same run asked for 8: it resumes at 4
@@ -116,11 +131,17 @@ def test_loop_on_two_processes_matches_one_device_and_resumes(idx_dataset, one_d
     procs = []
     for i in range(2):
       config = run_config(idx_dataset, **{'train.num_steps': steps})
-      config.parallel.num_processes, config.parallel.process_id = 2, i
-      config.parallel.coordinator_address = f'127.0.0.1:{port}'
+      env = worker_env(2)
+      if steps == 4:
+        config.parallel.num_processes, config.parallel.process_id = 2, i
+        config.parallel.coordinator_address = f'127.0.0.1:{port}'
+        config.parallel.mesh_fsdp = 2
+      else:
+        env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+                   JAX_PROCESS_ID=str(i))
       procs.append(subprocess.Popen(
           [sys.executable, '-c', PROCESS_WORKER, config_lib.to_json(config), workdir],
-          env=worker_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = []
     try:
       outs = [p.communicate(timeout=200)[0] for p in procs]

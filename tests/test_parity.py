@@ -3,8 +3,9 @@
 Same weights (PyTorch's random init, converted) and the same noise must give the same
 reconstruction, posterior, seed objective, parameter gradients and Adam update, to a relative
 error ||jax - torch|| / ||torch|| below 1e-5 per tensor in float32, for the oneDNN convolutions
-(where built) and for XLA's with either transposed-conv form. Skipped where torch is not
-installed (`pip install -e .[torch]`).
+(where built) and for XLA's with either transposed-conv form. Float32 means full float32 matmuls
+on both sides, on every backend (JAX at 'highest' precision and PyTorch without TF32:
+tests/conftest.py). Skipped where torch is not installed (`pip install -e .[torch]`).
 """
 
 import os
@@ -19,7 +20,7 @@ torch = pytest.importorskip(
     'torch', reason='PyTorch parity tests need torch (pip install -e .[torch]); skipped without')
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from conftest import config_with  # noqa: E402
+from conftest import config_with, float32_torch  # noqa: E402
 from benchmarks.pytorch_reference import model as torch_ref  # noqa: E402
 from sslm_jax.config import base_config  # noqa: E402
 from sslm_jax.kernels import onednn_conv  # noqa: E402
@@ -32,6 +33,7 @@ from sslm_jax.train import optim  # noqa: E402
 from sslm_jax.train.state import create_train_state  # noqa: E402
 from sslm_jax.train.step import make_train_step  # noqa: E402
 
+float32_torch(torch)
 RTOL = 1e-5
 BATCH = 8
 # The model's convolutions: oneDNN's (conv_impl='onednn'), or XLA's (conv_impl='xla') with the

@@ -2,12 +2,15 @@
 
 Each run trains a tiny model on the generated IDX dataset (see conftest). On CPU the same
 compiled program is bit-identical across processes, so a killed-and-resumed run must end with
-exactly the parameters of an uninterrupted one. The random-moment kill streams the images
-through Grain (data.pipeline='grain'): its data position comes back from the checkpoint.
+exactly the parameters of an uninterrupted one. The runs stream their images through Grain
+(data.pipeline='grain'), so the data position also comes back from the checkpoints; in-memory
+splits go through the same loader, position and checkpoints (tests/test_streaming.py) and resume
+in tests/test_language.py and tests/test_parallel_loop.py.
 """
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,24 +27,23 @@ pytestmark = pytest.mark.slow
 NUM_STEPS = 160
 
 
-def command(workdir, data_dir, pipeline='memory'):
+def command(workdir, data_dir):
   overrides = tiny_overrides(**{'train.num_steps': NUM_STEPS, 'train.checkpoint_every_steps': 20,
                                 'train.eval_every_steps': 80, 'train.log_every_steps': 10,
-                                'train.keep_checkpoints': 3, 'data.pipeline': pipeline})
+                                'train.keep_checkpoints': 3, 'data.pipeline': 'grain'})
   return [sys.executable, '-m', 'sslm_jax.cli', 'train', '--config', 'configs/vae_mnist.py',
           '--workdir', str(workdir), '--config.data.name=idx_images/mnist',
           f'--config.data.data_dir={data_dir}', *overrides]
 
 
-def run_to_end(workdir, data_dir, pipeline='memory'):
-  result = subprocess.run(command(workdir, data_dir, pipeline), capture_output=True, text=True,
-                          timeout=300)
+def run_to_end(workdir, data_dir):
+  result = subprocess.run(command(workdir, data_dir), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
 
-def start(workdir, data_dir, pipeline='memory'):
-  return subprocess.Popen(command(workdir, data_dir, pipeline), stdout=subprocess.DEVNULL,
+def start(workdir, data_dir):
+  return subprocess.Popen(command(workdir, data_dir), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
 
 
@@ -72,46 +74,42 @@ def wait_for(predicate, timeout=120):
 
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory, idx_dataset):
+  """(workdir, final params) of the uninterrupted run."""
   workdir = tmp_path_factory.mktemp('uninterrupted')
   run_to_end(workdir, idx_dataset[0])
-  return final_params(workdir)
+  return workdir, final_params(workdir)
 
 
-@pytest.fixture(scope='module')
-def streamed_reference(tmp_path_factory, idx_dataset):
-  workdir = tmp_path_factory.mktemp('uninterrupted_streamed')
-  run_to_end(workdir, idx_dataset[0], 'grain')
-  return final_params(workdir)
+def kill(proc):
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return proc.returncode == -signal.SIGKILL
 
 
-def test_kill_right_after_a_checkpoint_then_resume(tmp_path, idx_dataset, reference):
+def test_killed_right_after_a_checkpoint_then_at_a_random_moment_then_resumed(
+    tmp_path, idx_dataset, reference):
+  """Two interruptions of one run, each resumed by the next process: a kill as soon as
+  checkpoint 40 exists, then a kill at a random moment after the resumed process writes
+  checkpoint 60 (a different moment each run of the suite: mid-step, mid-save, mid-eval)."""
   proc = start(tmp_path, idx_dataset[0])
   assert wait_for(lambda: os.path.isdir(tmp_path / 'checkpoints' / '40')), 'no checkpoint 40'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL
+  assert kill(proc)
+  assert not os.path.exists(tmp_path / 'checkpoints' / '60')
+  delay = random.Random().uniform(0.0, 1.5)
+  print(f'second kill {delay:.3f} s after checkpoint 60')
+  proc = start(tmp_path, idx_dataset[0])
+  # Count from a checkpoint the second process writes, so that the kill interrupts a resumed run.
+  assert wait_for(lambda: os.path.isdir(tmp_path / 'checkpoints' / '60'))
+  time.sleep(delay)
+  assert kill(proc), 'the run ended before the kill: nothing was tested'
+  assert 'resuming from checkpoint 40' in proc.stderr.read()
   result = run_to_end(tmp_path, idx_dataset[0])
   assert 'resuming from checkpoint' in result.stderr
-  assert_bit_identical(final_params(tmp_path), reference)
-
-
-def test_kill_at_a_random_moment_then_resume(tmp_path, idx_dataset, streamed_reference):
-  delay = random.Random().uniform(0.0, 1.5)  # a different moment each run of the suite
-  print(f'killing {delay:.3f} s after checkpoint 20')
-  proc = start(tmp_path, idx_dataset[0], 'grain')
-  # Count from the first checkpoint, so that the rerun has something to resume from.
-  assert wait_for(lambda: os.path.isdir(tmp_path / 'checkpoints' / '20'))
-  time.sleep(delay)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL, 'the run ended before the kill: nothing was tested'
-  result = run_to_end(tmp_path, idx_dataset[0], 'grain')
-  assert 'resuming from checkpoint' in result.stderr
-  assert_bit_identical(final_params(tmp_path), streamed_reference)
+  assert_bit_identical(final_params(tmp_path), reference[1])
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_keeps_it(tmp_path, idx_dataset, reference):
-  run_to_end(tmp_path, idx_dataset[0])
+  shutil.copytree(reference[0], tmp_path, dirs_exist_ok=True)  # a finished run
   # Truncate every file of the newest checkpoint's array data (as a full disk or a bad copy).
   latest = tmp_path / 'checkpoints' / str(NUM_STEPS)
   damaged = 0
@@ -130,4 +128,4 @@ def test_corrupt_latest_checkpoint_falls_back_and_keeps_it(tmp_path, idx_dataset
   assert len(quarantined) == 1 and quarantined[0].startswith(f'{NUM_STEPS}-')
   # it resumed from the previous checkpoint and trained the last steps again, identically
   assert 'resuming from checkpoint 140' in result.stderr
-  assert_bit_identical(final_params(tmp_path), reference)
+  assert_bit_identical(final_params(tmp_path), reference[1])

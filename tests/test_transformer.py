@@ -165,3 +165,38 @@ def test_dropout_uses_the_dropout_rng():
   assert not np.allclose(train(1), train(2)) and not np.allclose(train(1), eval_a)
   with pytest.raises(Exception, match='dropout'):
     model.apply({'params': params}, tokens, deterministic=False)
+
+
+def test_xla_attention_computes_the_reference_model():
+  """attention_impl='xla' (jax.nn.dot_product_attention's XLA path) in float32 on any backend
+  gives the reference model's logits (BERT with padding: the masked path; the causal one is
+  tests/test_attention.py's), to float32 rounding of a different formulation."""
+  tokens = _tokens(7)
+  padding = jnp.arange(MAX_LEN)[None, :] < jnp.array([[7], [MAX_LEN]])
+  model = BertEncoder(**{**TINY, 'num_layers': 1}, attention_impl='reference')
+  params = model.init(jax.random.key(0), tokens, padding_mask=padding)
+  xla = model.clone(attention_impl='xla').apply(params, tokens, padding_mask=padding)
+  np.testing.assert_allclose(xla, model.apply(params, tokens, padding_mask=padding), atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_auto_attention_takes_cudnn_in_bfloat16_and_decoding_still_works():
+  """On an NVIDIA GPU 'auto' runs cuDNN for a bf16 GPT (head_dim 64): its logits are the
+  reference model's within bf16 rounding (8 significant bits and different summation orders:
+  3% of the logits' norm), and cached generation (whose decode steps run the reference) gives
+  exactly the reference model's tokens."""
+  from sslm_jax.models.attention import choose_attention
+  choice = choose_attention('auto', dtype=jnp.bfloat16, head_dim=64, dropout_rate=0.0)
+  assert choice.impl == 'cudnn', choice.reason
+  fields = dict(TINY, embed_dim=128, mlp_dim=256, max_len=64, dtype=jnp.bfloat16)
+  model = GPT(**fields)  # attention_impl='auto'
+  reference = GPT(**fields, attention_impl='reference')
+  tokens = _tokens(4, length=64)
+  params = reference.init(jax.random.key(0), tokens)['params']
+  fast = np.asarray(jax.jit(model.apply)({'params': params}, tokens), np.float64)
+  slow = np.asarray(jax.jit(reference.apply)({'params': params}, tokens), np.float64)
+  assert np.linalg.norm(fast - slow) < 3e-2 * np.linalg.norm(slow)
+  prompt = tokens[:, :8]
+  kwargs = dict(max_new_tokens=16, rng=jax.random.key(3), temperature=0.0)
+  np.testing.assert_array_equal(generate(model, params, prompt, **kwargs),
+                                generate(reference, params, prompt, **kwargs))

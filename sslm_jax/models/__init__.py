@@ -1,14 +1,36 @@
 """Flax Linen modules only: no losses, no optimizers."""
 
+import logging
+
 import jax.numpy as jnp
 
 from sslm_jax.models.conv_vae import AutoEncoder, VAE, reparameterize  # noqa: F401
 from sslm_jax.models.transformer import BertEncoder, GPT  # noqa: F401
 
 
+def attention_choice(config):
+  """The attention a text model of this `model` config section runs, and why
+  (`sslm_jax.models.attention.choose_attention`, on the default device)."""
+  from sslm_jax.models.attention import choose_attention
+  return choose_attention(config.attention_impl, dtype=jnp.dtype(config.dtype),
+                          head_dim=config.embed_dim // config.num_heads,
+                          dropout_rate=config.attention_dropout_rate)
+
+
+def attention_facts(config) -> dict:
+  """{'attention_impl', 'attention_impl_reason'} of a text model's config, for summary.json."""
+  choice = attention_choice(config)
+  return {'attention_impl': choice.impl, 'attention_impl_reason': choice.reason}
+
+
 def build_model(config, vocab_size: int = 0):
   """The module a `model` config section describes (`vocab_size`: the tokenizer's, for text)."""
   dtype = jnp.dtype(config.dtype)
+  if config.name in ('text_vae', 'gpt', 'bert'):
+    choice = attention_choice(config)
+    logging.getLogger(__name__).info('attention: %s (model.attention_impl=%r: %s)', choice.impl,
+                                     config.attention_impl, choice.reason)
+    text = dict(attention_impl=choice.impl, remat=config.remat)
   if config.name == 'text_vae':
     from sslm_jax.models.text_vae import TextVAE
     return TextVAE(vocab_size=vocab_size, latent_dim=config.latent_dim,
@@ -18,14 +40,16 @@ def build_model(config, vocab_size: int = 0):
                    conditioning=config.latent_conditioning,
                    prefix_len=config.latent_prefix_len, dropout_rate=config.dropout_rate,
                    attention_dropout_rate=config.attention_dropout_rate,
-                   positions=config.positions, tie_embeddings=config.tie_embeddings, dtype=dtype)
+                   positions=config.positions, tie_embeddings=config.tie_embeddings, dtype=dtype,
+                   **text)
   if config.name in ('gpt', 'bert'):
     cls = GPT if config.name == 'gpt' else BertEncoder
     return cls(vocab_size=vocab_size, num_layers=config.num_layers, num_heads=config.num_heads,
                embed_dim=config.embed_dim, mlp_dim=config.mlp_dim, max_len=config.max_len,
                dropout_rate=config.dropout_rate,
                attention_dropout_rate=config.attention_dropout_rate,
-               positions=config.positions, tie_embeddings=config.tie_embeddings, dtype=dtype)
+               positions=config.positions, tie_embeddings=config.tie_embeddings, dtype=dtype,
+               **text)
   cls = {'vae': VAE, 'ae': AutoEncoder}[config.name]
   return cls(latent_dim=config.latent_dim, input_size=config.input_size,
              channels=config.channels, encoder_features=tuple(config.encoder_features),

@@ -4,17 +4,19 @@ Layout is (batch, length, heads, head_dim) throughout, as `jax.nn.dot_product_at
 are boolean with True = may attend, broadcastable to (batch, heads, q_len, kv_len); biases are
 additive floats with the same broadcast.
 
-The reference path (`implementation=None`) computes logits and softmax in float32 whatever the
-input dtype, gives exact zeros for a query that may attend to nothing (a padded row, the first
-rows of a causal block longer than its keys), and supports attention dropout. 'xla' and 'cudnn'
-hand the same computation to `jax.nn.dot_product_attention` when no dropout is active (see
-`scaled_dot_product_attention`).
+The reference path (`implementation=None` or 'reference') computes logits and softmax in float32
+whatever the input dtype, gives exact zeros for a query that may attend to nothing (a padded row,
+the first rows of a causal block longer than its keys), and supports attention dropout. 'xla' and
+'cudnn' hand the same computation to `jax.nn.dot_product_attention` when no dropout is active (see
+`scaled_dot_product_attention`). A model's choice among them (`model.attention_impl`, 'auto' among
+them) is made once by `choose_attention`, which also says why.
 
 `MultiHeadAttention` keeps a key/value cache in the 'cache' collection, as the Flax lm1b example:
 initialize with the full-length input (`decode=True`, `init` with (batch, max_len)), then call
 with `mutable=['cache']` on one token (or a chunk) at a time.
 """
 
+import dataclasses
 from typing import Optional
 
 import flax.linen as nn
@@ -25,7 +27,95 @@ from jax import lax
 
 from sslm_jax.models.dropout import bernoulli
 
-IMPLEMENTATIONS = (None, 'xla', 'cudnn')
+IMPLEMENTATIONS = (None, 'reference', 'xla', 'cudnn')
+ATTENTION_IMPLS = ('auto', 'reference', 'xla', 'cudnn')  # a model's choice (model.attention_impl)
+CUDNN_DTYPES = ('bfloat16', 'float16')
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionChoice:
+  """The implementation a model's attention runs ('reference', 'xla' or 'cudnn') and why."""
+  impl: str
+  reason: str
+
+
+def _device_facts() -> tuple[str, Optional[str]]:
+  """(platform, CUDA compute capability or None) of the default device."""
+  device = jax.devices()[0]
+  capability = getattr(device, 'compute_capability', None)
+  if not (isinstance(capability, str) and capability.replace('.', '').isdigit()):
+    capability = None  # not CUDA (e.g. ROCm's 'gfx90a')
+  return device.platform, capability
+
+
+def cudnn_problems(*, dtype, head_dim: int, dropout_rate: float, platform: str,
+                   compute_capability: Optional[str]) -> list[str]:
+  """Why cuDNN flash attention (`jax.nn.dot_product_attention(implementation='cudnn')`) cannot
+  run a model's attention; empty when it can. The limits are jax's own checks (jax 0.10/0.11)."""
+  problems = []
+  capability = None
+  if platform != 'gpu' or compute_capability is None:
+    problems.append(f'not an NVIDIA GPU (platform {platform!r})')
+  else:
+    capability = tuple(int(v) for v in compute_capability.split('.'))
+    if capability < (8, 0):
+      problems.append(f'compute capability {compute_capability} (cuDNN flash attention needs '
+                      '8.0, Ampere, or later)')
+  dtype_name = jnp.dtype(dtype).name
+  if dtype_name not in CUDNN_DTYPES:
+    problems.append(f'dtype {dtype_name} (cuDNN flash attention takes {" or ".join(CUDNN_DTYPES)})')
+  max_head_dim = 256 if capability and capability >= (9, 0) else 128
+  if head_dim % 8 or head_dim > max_head_dim:
+    problems.append(f'head_dim {head_dim} (cuDNN needs a multiple of 8, at most {max_head_dim} '
+                    'here)')
+  if dropout_rate > 0:
+    problems.append(f'attention dropout {dropout_rate} (jax.nn.dot_product_attention has none)')
+  return problems
+
+
+def choose_attention(requested: str, *, dtype, head_dim: int, dropout_rate: float,
+                     platform: Optional[str] = None,
+                     compute_capability: Optional[str] = None) -> AttentionChoice:
+  """The one decision of which attention a model runs, and why.
+
+  'reference' and 'xla' are taken as asked. 'cudnn' must be possible (else ValueError naming
+  why). 'auto' takes cuDNN flash attention where it applies (an NVIDIA GPU of compute
+  capability >= 8.0, bfloat16/float16, head_dim a multiple of 8 up to 128 (256 on Hopper), no
+  attention dropout) and the reference otherwise, saying which condition failed. Whatever is
+  chosen, a KV-cache decode step and a call with a padding mask run the reference
+  (`call_implementation`): cuDNN runs the causal attention of GPT and the text VAE's decoder. `platform` and `compute_capability` default to the default device's.
+  """
+  if requested not in ATTENTION_IMPLS:
+    raise ValueError(f'attention_impl={requested!r}; allowed: {ATTENTION_IMPLS}')
+  if requested in ('reference', 'xla'):
+    return AttentionChoice(requested, 'as configured')
+  if platform is None:
+    platform, compute_capability = _device_facts()
+  problems = cudnn_problems(dtype=dtype, head_dim=head_dim, dropout_rate=dropout_rate,
+                            platform=platform, compute_capability=compute_capability)
+  if requested == 'cudnn':
+    if problems:
+      raise ValueError(f"attention_impl='cudnn' cannot run here: {'; '.join(problems)}; "
+                       "allowed: 'auto' (takes cuDNN where it applies), 'reference', 'xla'")
+    return AttentionChoice('cudnn', 'as configured')
+  if problems:
+    return AttentionChoice('reference', 'auto: no cuDNN flash attention: ' + '; '.join(problems))
+  return AttentionChoice('cudnn', f'auto: cuDNN flash attention ({jnp.dtype(dtype).name}, '
+                                  f'head_dim {head_dim}, compute capability '
+                                  f'{compute_capability})')
+
+
+def call_implementation(implementation: Optional[str], *, masked: bool,
+                        decoding: bool) -> Optional[str]:
+  """What one call of a model's attention runs: `implementation`, except the reference instead
+  of cuDNN for a KV-cache decode step (new queries against the whole cache through a mask; one
+  query's work gains nothing from flash attention) and for a call with a mask (padding): cuDNN
+  takes a mask as a dense bias and jax then asks it for the bias's gradient too, which needs even
+  lengths and is not yet verified on a GPU for per-row masks (`scaled_dot_product_attention`
+  itself runs masks on cuDNN; tests/test_attention.py checks it there)."""
+  if implementation == 'cudnn' and (decoding or masked):
+    return 'reference'
+  return implementation
 
 
 def _broadcast_error(name: str, shape, target) -> Optional[str]:
@@ -136,7 +226,7 @@ def scaled_dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Ar
     dropout_rate: attention-weight dropout, used when `deterministic` is False.
     dropout_rng: the key for that dropout (required then).
     deterministic: no dropout when True.
-    implementation: None for the reference path here. 'xla' or 'cudnn' call
+    implementation: None or 'reference' for the reference path here. 'xla' or 'cudnn' call
       `jax.nn.dot_product_attention` with that implementation when no dropout is active (with
       dropout the reference path runs, since that function has none). 'cudnn' needs a GPU and
       the dtypes and head sizes cuDNN accepts; its errors are passed through. Fully masked rows
@@ -154,7 +244,7 @@ def scaled_dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Ar
     raise ValueError('attention dropout (dropout_rate > 0, deterministic=False) needs dropout_rng')
   q_len, kv_len = query.shape[1], key.shape[1]
 
-  if implementation is not None and not use_dropout:
+  if implementation not in (None, 'reference') and not use_dropout:
     return _fused_attention(query, key, value, bias, mask, causal, implementation)
 
   weights = _weights(query, key, bias, _combined_mask(mask, causal, q_len, kv_len))
@@ -183,6 +273,9 @@ def _fused_attention(query, key, value, bias, mask, causal, implementation):
     return None if t is None else jnp.expand_dims(t, tuple(range(4 - t.ndim)))
 
   bias4, mask4 = as_4d(bias), as_4d(mask)
+  if implementation == 'cudnn':  # cuDNN takes masks and biases as (., ., q_len, kv_len) biases
+    bias4, mask4 = (None if t is None else
+                    jnp.broadcast_to(t, (*t.shape[:2], q_len, kv_len)) for t in (bias4, mask4))
   dtype = query.dtype
   out = jax.nn.dot_product_attention(query, key.astype(dtype), value.astype(dtype),
                                      bias=None if bias4 is None else bias4.astype(dtype),
@@ -229,7 +322,8 @@ class MultiHeadAttention(nn.Module):
     use_rotary: rotate queries and keys by their positions (RoPE).
     rotary_base: RoPE's base wavelength.
     decode: keep a key/value cache ('cache' collection) for autoregressive decoding.
-    implementation: passed to `scaled_dot_product_attention`.
+    implementation: passed to `scaled_dot_product_attention` (None or 'reference', 'xla',
+      'cudnn'), except where `call_implementation` runs the reference instead.
   """
   num_heads: int
   head_dim: Optional[int] = None
@@ -298,9 +392,11 @@ class MultiHeadAttention(nn.Module):
       causal = False
 
     use_dropout = self.dropout_rate > 0.0 and not deterministic
+    implementation = call_implementation(self.implementation, masked=mask is not None,
+                                         decoding=use_cache)
     out = scaled_dot_product_attention(
         query, key, value, mask=mask, causal=causal, dropout_rate=self.dropout_rate,
         dropout_rng=self.make_rng('dropout') if use_dropout else None,
-        deterministic=deterministic, implementation=self.implementation)
+        deterministic=deterministic, implementation=implementation)
     return nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype,
                            param_dtype=self.param_dtype, name='out')(out)

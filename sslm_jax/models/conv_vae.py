@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from sslm_jax.kernels import onednn_conv
-from sslm_jax.models.layers import ConvTranspose2x
+from sslm_jax.models.layers import ConvTranspose2x, conv_kernel_init
 
 
 def reparameterize(rng: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -46,7 +46,7 @@ class Encoder(nn.Module):
     onednn = onednn_conv.resolve(self.conv_impl, self.dtype) == 'onednn'
     for width in self.features:
       x = nn.relu(nn.Conv(width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                          dtype=self.dtype,
+                          dtype=self.dtype, kernel_init=conv_kernel_init,
                           conv_general_dilated=onednn_conv.conv_general_dilated if onednn else None
                           )(x))
     # The last kernel covers what is left (4x4 for the seed's 32x32 input): one output pixel.
@@ -68,7 +68,7 @@ class WholeMapConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (h, w, c, self.features))
+    kernel = self.param('kernel', conv_kernel_init, (h, w, c, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
     return x.reshape(b, h * w * c) @ kernel.reshape(h * w * c, self.features) + bias

@@ -21,6 +21,8 @@ zeros, measured 61-70 ms beside col2im's 35-45 in the same runs; it is not kept.
 im2col forms of the encoder's stride-2 convolutions measured no faster than XLA's own.)
 """
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -66,6 +68,19 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array, impl: str = 'col2im') -> 
   raise ValueError(f'conv_transpose_impl={impl!r}; allowed: {CONV_TRANSPOSE_IMPLS}')
 
 
+def conv_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+  """Flax's convolution init, lecun_normal over the h * w * in taps of an HWIO kernel, drawn as
+  the (h * w * in, out) matrix and reshaped.
+
+  The same numbers as `nn.initializers.lecun_normal()(key, shape)`: threefry (partitionable,
+  JAX's default) numbers its draws by flat index, so the draw's shape only groups them
+  (tests/test_layers.py checks equality). XLA:CPU compiles a 4-D draw several times slower than a
+  2-D one, and the draws were most of the time it took to compile the seed model's init.
+  """
+  fan_in = math.prod(shape[:-1])
+  return nn.initializers.lecun_normal()(key, (fan_in, shape[-1]), dtype).reshape(shape)
+
+
 class ConvTranspose2x(nn.Module):
   """Stride-2 4x4 transposed convolution with bias; see the module docstring.
 
@@ -80,8 +95,7 @@ class ConvTranspose2x(nn.Module):
     cin = x.shape[-1]
     # Lecun-normal over the 4*4*in taps like Flax's own convolutions; PyTorch initialises
     # differently, which matters only when comparing the two, and then weights are converted.
-    kernel = self.param('kernel', nn.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3),
-                        (4, 4, cin, self.features))
+    kernel = self.param('kernel', conv_kernel_init, (4, 4, cin, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
     return conv_transpose_2x(x, kernel, self.impl) + bias

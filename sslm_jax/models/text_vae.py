@@ -85,6 +85,8 @@ class PosteriorEncoder(nn.Module):
   attention_dropout_rate: float = 0.0
   positions: str = 'learned'
   dtype: jnp.dtype = jnp.float32
+  attention_impl: str = 'auto'
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, tokens, mask, *, deterministic: bool = True):
@@ -92,7 +94,8 @@ class PosteriorEncoder(nn.Module):
       features = TransformerSentenceEncoder(
           self.vocab_size, self.num_layers, self.num_heads, self.embed_dim, self.mlp_dim,
           self.max_len, self.dropout_rate, self.attention_dropout_rate, self.positions,
-          dtype=self.dtype, name='transformer')(tokens, mask, deterministic=deterministic)
+          dtype=self.dtype, attention_impl=self.attention_impl, remat=self.remat,
+          name='transformer')(tokens, mask, deterministic=deterministic)
     elif self.encoder_type == 'gru':
       features = GRUSentenceEncoder(self.vocab_size, self.embed_dim, self.dropout_rate,
                                     self.dtype, name='gru')(tokens, mask,
@@ -147,7 +150,7 @@ class LatentDecoder(_Transformer):
       num_prefix = self.prefix_len
     x = self.embed_dropout(x, deterministic=deterministic)
     for block in self.blocks:
-      x = block(x, causal=True, deterministic=deterministic)
+      x = block(x, None, True, deterministic)  # positional: see TransformerBlock
     return self._logits(self.final_norm(x)[:, num_prefix:])
 
 
@@ -170,13 +173,16 @@ class TextVAE(nn.Module):
   tie_embeddings: bool = True
   pad_id: int = 0
   dtype: jnp.dtype = jnp.float32
+  attention_impl: str = 'auto'  # as the Transformers' (sslm_jax.models.transformer)
+  remat: str = 'none'
 
   def setup(self):
     if self.conditioning != 'none':
       self.encoder = PosteriorEncoder(
           self.vocab_size, self.latent_dim, self.encoder_type, self.encoder_layers,
           self.num_heads, self.embed_dim, self.mlp_dim, self.max_len, self.dropout_rate,
-          self.attention_dropout_rate, self.positions, self.dtype)
+          self.attention_dropout_rate, self.positions, self.dtype, self.attention_impl,
+          self.remat)
     self.decoder = self.decoder_module()
 
   @nn.nowrap
@@ -185,7 +191,8 @@ class TextVAE(nn.Module):
     return LatentDecoder(self.vocab_size, self.num_layers, self.num_heads, self.embed_dim,
                          self.mlp_dim, self.max_len, self.dropout_rate,
                          self.attention_dropout_rate, self.positions, self.tie_embeddings,
-                         self.dtype, conditioning=self.conditioning, prefix_len=self.prefix_len,
+                         self.dtype, self.attention_impl, self.remat,
+                         conditioning=self.conditioning, prefix_len=self.prefix_len,
                          decode=decode)
 
   def encode(self, tokens, mask=None, *, deterministic: bool = True):

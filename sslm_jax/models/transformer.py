@@ -3,8 +3,14 @@
 Both embed tokens (plus learned absolute positions, or rotary positions inside attention), run
 `num_layers` pre-LN blocks, apply a final LayerNorm and return float32 logits over the
 vocabulary, by default through the token embedding itself (tied). `encode` returns the final
-hidden states instead, for heads added later. Dropout draws from the 'dropout' rng
+hidden states instead, for heads added later, and `head_logits` the logits from those hidden
+states (what a chunked loss calls a slice at a time). Dropout draws from the 'dropout' rng
 (`sslm_jax.models.dropout.Dropout`: flax's, with the same masks drawn faster on CPU).
+
+`attention_impl` picks the attention kernel ('auto': cuDNN flash attention where it applies,
+`sslm_jax.models.attention.choose_attention`); `remat` recomputes each block's activations in
+the backward pass instead of keeping them ('block', or a named `jax.checkpoint_policies` policy
+of what to keep), the same numbers from less memory.
 """
 
 from typing import Optional
@@ -13,10 +19,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sslm_jax.models.attention import MultiHeadAttention
+from sslm_jax.models.attention import MultiHeadAttention, choose_attention
 from sslm_jax.models.dropout import Dropout
 
 POSITIONS = ('learned', 'rotary')
+# 'none', 'block' (keep only each block's input), or a jax.checkpoint_policies policy by name.
+REMAT_POLICIES = ('dots_saveable', 'dots_with_no_batch_dims_saveable', 'nothing_saveable',
+                  'everything_saveable')
+REMATS = ('none', 'block') + REMAT_POLICIES
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
@@ -29,13 +39,16 @@ class TransformerBlock(nn.Module):
   use_rotary: bool = False
   dtype: jnp.dtype = jnp.float32
   decode: bool = False
+  attention_impl: str = 'reference'  # a concrete one: 'reference', 'xla' or 'cudnn'
 
+  # Positional arguments: `nn.remat` marks causal and deterministic static by position.
   @nn.compact
-  def __call__(self, x: jax.Array, *, mask: Optional[jax.Array] = None, causal: bool = False,
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None, causal: bool = False,
                deterministic: bool = True) -> jax.Array:
     h = nn.LayerNorm(dtype=self.dtype, name='attention_norm')(x)
     h = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
                            dtype=self.dtype, use_rotary=self.use_rotary, decode=self.decode,
+                           implementation=self.attention_impl,
                            name='attention')(h, mask=mask, causal=causal,
                                              deterministic=deterministic)
     x = x + Dropout(self.dropout_rate)(h, deterministic=deterministic)
@@ -83,6 +96,8 @@ class _Transformer(nn.Module):
   positions: str = 'learned'
   tie_embeddings: bool = True
   dtype: jnp.dtype = jnp.float32
+  attention_impl: str = 'auto'  # 'auto', 'reference', 'xla', 'cudnn' (choose_attention)
+  remat: str = 'none'  # REMATS
 
   def _build(self, decode: bool):
     if self.positions not in POSITIONS:
@@ -90,15 +105,24 @@ class _Transformer(nn.Module):
     if self.embed_dim % self.num_heads:
       raise ValueError(f'embed_dim {self.embed_dim} is not divisible by num_heads '
                        f'{self.num_heads}')
+    if self.remat not in REMATS:
+      raise ValueError(f'remat must be one of {REMATS}; got {self.remat!r}')
+    attention_impl = choose_attention(self.attention_impl, dtype=self.dtype,
+                                      head_dim=self.embed_dim // self.num_heads,
+                                      dropout_rate=self.attention_dropout_rate).impl
+    block = TransformerBlock
+    if self.remat != 'none' and not decode:  # decoding computes no gradient
+      policy = None if self.remat == 'block' else getattr(jax.checkpoint_policies, self.remat)
+      block = nn.remat(TransformerBlock, static_argnums=(3, 4), policy=policy)
     self.embed = nn.Embed(self.vocab_size, self.embed_dim, embedding_init=_EMBED_INIT,
                           dtype=self.dtype)
     if self.positions == 'learned':
       self.position_embed = LearnedPositions(self.max_len, self.embed_dim, self.dtype, decode)
     self.embed_dropout = Dropout(self.dropout_rate)
     self.blocks = [
-        TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
-                         self.attention_dropout_rate, use_rotary=self.positions == 'rotary',
-                         dtype=self.dtype, decode=decode)
+        block(self.num_heads, self.mlp_dim, self.dropout_rate, self.attention_dropout_rate,
+              use_rotary=self.positions == 'rotary', dtype=self.dtype, decode=decode,
+              attention_impl=attention_impl)
         for i in range(self.num_layers)]
     self.final_norm = nn.LayerNorm(dtype=self.dtype)
     if not self.tie_embeddings:
@@ -114,7 +138,7 @@ class _Transformer(nn.Module):
       x = x + self.position_embed(tokens.shape[1])[None]
     x = self.embed_dropout(x, deterministic=deterministic)
     for block in self.blocks:
-      x = block(x, mask=mask, causal=causal, deterministic=deterministic)
+      x = block(x, mask, causal, deterministic)
     return self.final_norm(x)
 
   def _logits(self, hidden):
@@ -139,8 +163,12 @@ class GPT(_Transformer):
     """Final (LayerNorm-ed) hidden states (batch, length, embed_dim) in the compute dtype."""
     return self._hidden(tokens, None, True, deterministic)
 
+  def head_logits(self, hidden: jax.Array) -> jax.Array:
+    """float32 logits (..., vocab) from `encode`'s hidden states (..., embed_dim)."""
+    return self._logits(hidden)
+
   def __call__(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
-    return self._logits(self.encode(tokens, deterministic=deterministic))
+    return self.head_logits(self.encode(tokens, deterministic=deterministic))
 
 
 class BertEncoder(_Transformer):
@@ -171,9 +199,12 @@ class BertEncoder(_Transformer):
 
   def __call__(self, tokens: jax.Array, *, padding_mask: Optional[jax.Array] = None,
                deterministic: bool = True) -> jax.Array:
-    h = self.encode(tokens, padding_mask=padding_mask, deterministic=deterministic)
-    h = self.mlm_norm(nn.gelu(self.mlm_dense(h)))
-    logits = self._logits(h)
+    return self.head_logits(self.encode(tokens, padding_mask=padding_mask,
+                                        deterministic=deterministic))
+
+  def head_logits(self, hidden: jax.Array) -> jax.Array:
+    """The MLM head: float32 logits (..., vocab) from `encode`'s hidden states."""
+    logits = self._logits(self.mlm_norm(nn.gelu(self.mlm_dense(hidden))))
     if self.tie_embeddings:
       logits = logits + self.mlm_bias
     return logits

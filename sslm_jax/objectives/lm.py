@@ -13,9 +13,14 @@ Batches (numpy from `sslm_jax.data.text`, int32):
 
 Noise (MLM masking, denoising corruption) is drawn on the device from the step's key, so a batch
 is a pure function of (data seed, step) and its corruption of (run key, step).
+
+Big vocabularies: with `logits_chunk_size` > 0 in the objective config, the model's hidden
+states (`encode`) go through its output layer (`head_logits`) that many sequence positions at a
+time (`chunked_token_nll`), so the float32 logits of the whole batch never exist at once.
 """
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -56,14 +61,54 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Arr
   return log_z - target_logit, correct.astype(jnp.float32)
 
 
+def chunked_token_nll(project, hidden: jax.Array, targets: jax.Array,
+                      chunk_size: int) -> tuple[jax.Array, jax.Array]:
+  """`token_nll(project(hidden), targets)`, `chunk_size` sequence positions at a time.
+
+  hidden (batch, length, features), targets (batch, length). A `lax.scan` over chunks of the
+  sequence axis (the batch axis, which data parallelism shards, stays whole) whose body is
+  rematerialised: forward and backward each hold one chunk's (batch, chunk, vocab) logits, never
+  the whole batch's. Each position goes through the same operations as unchunked.
+  """
+  batch, length = targets.shape
+  chunks = -(-length // chunk_size)
+  pad = chunks * chunk_size - length  # padded positions are computed and dropped
+  hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+  targets = jnp.pad(targets, ((0, 0), (0, pad)))
+
+  def to_chunks(x):
+    return jnp.moveaxis(x.reshape(batch, chunks, chunk_size, *x.shape[2:]), 1, 0)
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)  # under scan CSE cannot undo the remat
+  def chunk_terms(h, t):
+    return token_nll(project(h), t)
+
+  _, (nll, correct) = jax.lax.scan(lambda carry, x: (carry, chunk_terms(*x)), None,
+                                   (to_chunks(hidden), to_chunks(targets)))
+  def from_chunks(x):
+    return jnp.moveaxis(x, 0, 1).reshape(batch, chunks * chunk_size)[:, :length]
+  return from_chunks(nll), from_chunks(correct)
+
+
+def _model_terms(model, params, inputs, targets, config, **kwargs):
+  """token_nll of `model.apply(inputs, **kwargs)`; with config.logits_chunk_size > 0 the
+  model's `encode` and then its `head_logits` a chunk at a time (`chunked_token_nll`)."""
+  variables = {'params': params}
+  chunk_size = getattr(config, 'logits_chunk_size', 0)  # 0 for configs without the key
+  if 0 < chunk_size < targets.shape[1]:
+    hidden = model.apply(variables, inputs, method='encode', **kwargs)
+    project = functools.partial(model.apply, variables, method='head_logits')
+    return chunked_token_nll(project, hidden, targets, chunk_size)
+  return token_nll(model.apply(variables, inputs, **kwargs), targets)
+
+
 def causal_lm_terms(params, batch, rng, *, model, config, vocab, train):
   """Next-token prediction on packed rows: every position of every row is a target."""
-  del config, vocab
+  del vocab
   tokens = batch['tokens']
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
-  logits = model.apply({'params': params}, inputs, deterministic=not train,
-                       rngs={'dropout': rng} if train else None)
-  nll, correct = token_nll(logits, targets)
+  nll, correct = _model_terms(model, params, inputs, targets, config, deterministic=not train,
+                              rngs={'dropout': rng} if train else None)
   return nll, _row_weights(batch, targets.shape), correct
 
 
@@ -96,9 +141,9 @@ def mlm_terms(params, batch, rng, *, model, config, vocab, train):
       tokens, real, noise_rng, vocab=vocab, mask_rate=config.mask_rate,
       mask_token_fraction=config.mask_token_fraction,
       random_token_fraction=config.random_token_fraction)
-  logits = model.apply({'params': params}, corrupted, padding_mask=real,
-                       deterministic=not train, rngs={'dropout': dropout_rng} if train else None)
-  nll, correct = token_nll(logits, tokens)
+  nll, correct = _model_terms(model, params, corrupted, tokens, config, padding_mask=real,
+                              deterministic=not train,
+                              rngs={'dropout': dropout_rng} if train else None)
   return nll, chosen.astype(jnp.float32) * _row_weights(batch, tokens.shape), correct
 
 
@@ -143,9 +188,9 @@ def denoising_terms(params, batch, rng, *, model, config, vocab, train):
   sequence, weights = denoising_sequences(batch['tokens'], batch['mask'], noise_rng, vocab=vocab,
                                           mask_rate=config.mask_rate,
                                           deletion_rate=config.deletion_rate)
-  logits = model.apply({'params': params}, sequence[:, :-1], deterministic=not train,
-                       rngs={'dropout': dropout_rng} if train else None)
-  nll, correct = token_nll(logits, sequence[:, 1:])
+  nll, correct = _model_terms(model, params, sequence[:, :-1], sequence[:, 1:], config,
+                              deterministic=not train,
+                              rngs={'dropout': dropout_rng} if train else None)
   return nll, weights.astype(jnp.float32) * _row_weights(batch, weights.shape), correct
 
 

@@ -27,7 +27,7 @@ from sslm_jax.data import loader, shards
 from sslm_jax.data import text as text_data
 from sslm_jax.data.tfds_utils import DataError
 from sslm_jax.data.tokenizer import Tokenizer, num_bytes, num_chars, train_tokenizer
-from sslm_jax.models import build_model
+from sslm_jax.models import attention_facts, build_model
 from sslm_jax.models.generate import generate
 from sslm_jax.objectives import bind_loss, lm
 
@@ -236,4 +236,5 @@ class LanguageTask:
             'train_tokens': rows * (self.config.text.seq_len +
                                     (self.config.objective.name == 'causal_lm')),
             'chars_per_token': facts['chars_per_token'],
-            'vocab_size': self.tokenizer.vocab_size, 'data_pipeline': d.pipeline}
+            'vocab_size': self.tokenizer.vocab_size, 'data_pipeline': d.pipeline,
+            **attention_facts(self.config.model)}

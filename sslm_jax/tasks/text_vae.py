@@ -35,7 +35,7 @@ from sslm_jax.data import loader
 from sslm_jax.data import text as text_data
 from sslm_jax.data.tfds_utils import DataError
 from sslm_jax.eval import text_vae as tv_eval
-from sslm_jax.models import build_model
+from sslm_jax.models import attention_facts, build_model
 from sslm_jax.models.text_vae import TextVAE, generate_from_latent, interpolate
 from sslm_jax.objectives import bind_loss, lm
 from sslm_jax.objectives import text_vae as tv_obj
@@ -342,7 +342,8 @@ class TextVAETask:
              'train_rows': len(train['tokens']),
              'train_dropped_long_fraction': self._dropped[d.train_split],
              'vocab_size': self.tokenizer.vocab_size, 'latent_dim': m.latent_dim,
-             'encoder_type': m.encoder_type, 'latent_conditioning': m.latent_conditioning}
+             'encoder_type': m.encoder_type, 'latent_conditioning': m.latent_conditioning,
+             **attention_facts(m)}
     if self.config.text_vae.baseline_workdir:
       facts.update(baseline_workdir=self.config.text_vae.baseline_workdir,
                    baseline_step=self.baseline_step)
