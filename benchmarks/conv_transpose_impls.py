@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sslm_jax.config import CONV_TRANSPOSE_IMPLS  # noqa: E402
 from sslm_jax.kernels import onednn_conv  # noqa: E402
-from sslm_jax.models.layers import conv_transpose_2x  # noqa: E402
+from sslm_jax.models.layers import CONV_TRANSPOSE_IMPLS, conv_transpose_2x  # noqa: E402
 
 SEED_LAYERS = ((4, 64, 128), (8, 128, 64), (16, 64, 1))  # (input side, in, out)
 

@@ -77,7 +77,7 @@ import torch  # noqa: E402
 
 from benchmarks.pytorch_reference.gpt import GPT as TorchGPT, causal_lm_loss
 from sslm_jax.interop import flax_gpt_params_to_torch
-from sslm_jax.models import attention_facts, build_model
+from sslm_jax.models import backend_facts, build_model
 from sslm_jax.objectives import bind_loss
 from sslm_jax.objectives.lm import Vocab
 from sslm_jax.train import optim
@@ -285,7 +285,7 @@ def bench_row(index: int, spec: str, args) -> dict:
          'mlp_dim': m.mlp_dim, 'dropout_rate': m.dropout_rate,
          'attention_dropout_rate': m.attention_dropout_rate,
          'logits_chunk_size': config.objective.logits_chunk_size,
-         **attention_facts(m), 'model_flop_params': n_params,
+         **backend_facts(m), 'model_flop_params': n_params,
          'model_gflop_per_step': flops_per_token * tokens_per_step / 1e9}
   for name in RUNNERS:
     for key, value in summary(times.get(name), tokens_per_step, unit='tokens').items():

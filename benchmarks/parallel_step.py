@@ -55,14 +55,13 @@ def measure(args) -> dict:
   import jax
   import jax.numpy as jnp
   sys.path.insert(0, ROOT)
-  from sslm_jax.config import base_config
   from sslm_jax.models import build_model
   from sslm_jax.objectives import bind_loss
+  from sslm_jax.runs import run_config
   from sslm_jax.train import optim, parallel
   from sslm_jax.train.state import create_train_state
-  from sslm_jax.train.step import make_train_step
 
-  config = base_config()
+  config = run_config('vae', 'seed')
   if args.model == 'tiny':
     for key, value in TINY.items():
       setattr(config.model, key, value)
@@ -77,9 +76,7 @@ def measure(args) -> dict:
   runners, row = {}, {'devices': jax.device_count(), 'batch_size': args.batch_size,
                       'per_device_batch': args.batch_size // jax.device_count()}
   for mode in MODES:
-    ps = parallel.compile_train_step(
-        make_train_step(loss_fn, tx, axis_name=parallel.AXIS if mode == 'pmap' else None),
-        mode=mode, state_example=state)
+    ps = parallel.compile_train_step(loss_fn, tx, mode=mode, state_example=state)
     batch = ps.place_batch({'image': images.astype(np.float32)})
     placed = ps.place_state(state)
     start = time.perf_counter()

@@ -57,10 +57,10 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   import jax
   import jax.numpy as jnp
-  from sslm_jax import config as config_lib
+  from sslm_jax import runs
   from sslm_jax.models import build_model
   with open(os.path.join(args.workdir, 'config.json')) as f:
-    config = config_lib.from_json(f.read())
+    config = runs.from_json(f.read())
   with open(os.path.join(args.workdir, 'summary.json')) as f:
     run_summary = json.load(f)
   m, vocab = config.model, run_summary['vocab_size']

@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.pytorch_reference.model import VAE as TorchVAE, seed_loss
-from sslm_jax.config import base_config
+from sslm_jax.runs import run_config
 from sslm_jax.interop import flax_to_torch_state_dict
 from sslm_jax.kernels import onednn_conv
 from sslm_jax.models import build_model
@@ -78,7 +78,7 @@ class JaxRunner:
   """sslm_jax's own train step: bind_loss + make_optimizer + jit_train_step (state donated)."""
 
   def __init__(self, images: np.ndarray, params, conv_impl: str):
-    config = base_config()
+    config = run_config()
     config.model.conv_impl = conv_impl
     model = build_model(config.model)
     tx = optim.make_optimizer(config.optimizer, total_steps=1000)
@@ -135,7 +135,7 @@ class TorchRunner:
 def bench_batch(batch_size: int, args) -> dict:
   rng = np.random.default_rng(batch_size)
   images = rng.uniform(-1, 1, (batch_size, 32, 32, 1)).astype(np.float32)
-  model = build_model(base_config().model)
+  model = build_model(run_config().model)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.asarray(images[:1]),
                                jax.random.PRNGKey(0))['params']
   params_np = jax.tree.map(np.array, params)
@@ -180,7 +180,7 @@ def metadata(args) -> dict:
       'settings': {'steps': args.steps, 'repeats': args.repeats, 'warmup_steps': WARMUP_STEPS,
                    'conv_impl': onednn_conv.resolve('auto'),
                    'conv_impl_note': onednn_conv.unavailable_reason(),
-                   'conv_transpose_impl': base_config().model.conv_transpose_impl,
+                   'conv_transpose_impl': run_config().model.conv_transpose_impl,
                    'optimizer': 'adam 1e-3', 'objective': 'seed', 'data': 'uniform [-1, 1]'},
       'peak_rss_mb': peak_rss_mb(),
   }

@@ -6,17 +6,13 @@ One fortune a row (padded to text.seq_len, longer ones truncated); 15% of tokens
   sslm-jax train --config configs/bert_fortunes.py --workdir runs/bert_fortunes
 """
 
-import os
-import runpy
-
-# The same data, tokenizer, sizes and optimizer as the GPT config.
-_gpt_fortunes = runpy.run_path(os.path.join(os.path.dirname(__file__), 'gpt_fortunes.py'))
+from sslm_jax.configs import gpt_fortunes
+from sslm_jax.runs import reshape
 
 
 def get_config():
-  config = _gpt_fortunes['get_config']()
-  config.model.name = 'bert'
-  config.objective.name = 'mlm'
+  # The same data, tokenizer, sizes and optimizer as the GPT config.
+  config = reshape(gpt_fortunes.get_config(), 'bert', 'mlm')
   config.text.sample_prompt = ''
   config.text.num_samples = 0
   # One fortune a row, so rows are short: 64 tokens hold 78% of fortunes whole (the rest are

@@ -5,11 +5,11 @@ latent 32, the seed objective), sized to finish in under 15 minutes on 2 CPU cor
 The full 30-epoch schedule: --config.train.num_epochs=30.
 """
 
-from sslm_jax.config import base_config
+from sslm_jax.runs import run_config
 
 
 def get_config():
-  config = base_config()
+  config = run_config('vae', 'seed')
   config.data.name = 'idx_images/fashion_mnist'
   config.data.manual_dir = '/usr/share/datasets/fashion-mnist'
   config.data.data_dir = 'data/tfds'

@@ -13,11 +13,11 @@ Point it at a large corpus, e.g. --config.data.name=lm1b (needs the internet to 
 text_files/plain with --config.data.manual_dir=/path/to/text.
 """
 
-from sslm_jax.config import base_config
+from sslm_jax.runs import run_config
 
 
 def get_config():
-  config = base_config()
+  config = run_config('gpt', 'causal_lm')
   config.data.name = 'lm1b'
   config.data.eval_split = 'test'
   config.text.vocab_size = 50304
@@ -25,7 +25,6 @@ def get_config():
   config.text.seq_len = 1024
   config.text.sample_prompt = 'The'
 
-  config.model.name = 'gpt'
   config.model.num_layers = 12
   config.model.num_heads = 12
   config.model.embed_dim = 768
@@ -35,7 +34,6 @@ def get_config():
   config.model.dtype = 'bfloat16'
   config.model.attention_impl = 'auto'
   config.model.remat = 'none'
-  config.objective.name = 'causal_lm'
   config.objective.logits_chunk_size = 256
 
   config.optimizer.name = 'adamw'

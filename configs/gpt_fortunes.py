@@ -8,11 +8,11 @@ Evaluated on validation during training and on test at the end (perplexity, bits
   sslm-jax sample --workdir runs/gpt_fortunes --prompt "The computer" --temperature 0.8
 """
 
-from sslm_jax.config import base_config
+from sslm_jax.runs import run_config
 
 
 def get_config():
-  config = base_config()
+  config = run_config('gpt', 'causal_lm')
   config.data.name = 'text_files/fortunes'
   config.data.manual_dir = '/usr/share/games/fortunes'
   config.data.data_dir = 'data/tfds'
@@ -23,7 +23,6 @@ def get_config():
   config.text.seq_len = 128
   config.text.sample_prompt = 'The'
 
-  config.model.name = 'gpt'
   config.model.num_layers = 4
   config.model.num_heads = 4
   config.model.embed_dim = 192
@@ -31,7 +30,6 @@ def get_config():
   config.model.max_len = 128
   config.model.dropout_rate = 0.1
   config.model.positions = 'learned'
-  config.objective.name = 'causal_lm'
 
   config.optimizer.name = 'adamw'
   config.optimizer.learning_rate = 1e-3

@@ -14,18 +14,13 @@ images without labels; test (10,000) is read once per model.
   sslm-jax pipeline --config configs/pipeline_fashion_mnist.py   # -> runs/pipeline_fashion_mnist
 """
 
-import os
-import runpy
-
+from sslm_jax.configs import demo
 from sslm_jax.pipeline_config import pipeline_config
-
-_demo = runpy.run_path(os.path.join(os.path.dirname(__file__), 'demo.py'))
 
 
 def get_config():
-  config = pipeline_config()
+  config = pipeline_config(demo.get_config())
   config.name = 'fashion_mnist_classes'
-  config.pretrain = _demo['get_config']()
 
   f = config.finetune
   f.regimes = ('linear_probe', 'full')

@@ -17,18 +17,13 @@ Sized for 2 CPU cores in under an hour.
   sslm-jax pipeline --config configs/pipeline_fortunes.py    # -> runs/pipeline_fortunes/report.md
 """
 
-import os
-import runpy
-
+from sslm_jax.configs import gpt_fortunes
 from sslm_jax.pipeline_config import pipeline_config
-
-_gpt_fortunes = runpy.run_path(os.path.join(os.path.dirname(__file__), 'gpt_fortunes.py'))
 
 
 def get_config():
-  config = pipeline_config()
+  config = pipeline_config(gpt_fortunes.get_config())
   config.name = 'fortunes_topics'
-  config.pretrain = _gpt_fortunes['get_config']()
 
   f = config.finetune
   f.regimes = ('full', 'linear_probe')

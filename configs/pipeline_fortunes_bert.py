@@ -6,15 +6,10 @@ TF-IDF baseline on the same split.
   sslm-jax pipeline --config configs/pipeline_fortunes_bert.py   # -> runs/pipeline_fortunes_bert/
 """
 
-import os
-import runpy
-
-_here = os.path.dirname(__file__)
-_pipeline = runpy.run_path(os.path.join(_here, 'pipeline_fortunes.py'))
-_bert_fortunes = runpy.run_path(os.path.join(_here, 'bert_fortunes.py'))
+from sslm_jax.configs import bert_fortunes, pipeline_fortunes
 
 
 def get_config():
-  config = _pipeline['get_config']()
-  config.pretrain = _bert_fortunes['get_config']()
+  config = pipeline_fortunes.get_config()
+  config.pretrain = bert_fortunes.get_config()
   return config

@@ -22,21 +22,18 @@ An encoder warm start: train with --config.text_vae.autoencoder=True, then pass 
 --config.text_vae.encoder_init_from (with --config.text.tokenizer_path=<it>/tokenizer.model).
 """
 
-import os
-import runpy
-
-# The data, tokenizer size and optimizer of the GPT config; model, rows and schedule below.
-_gpt_fortunes = runpy.run_path(os.path.join(os.path.dirname(__file__), 'gpt_fortunes.py'))
+from sslm_jax.configs import gpt_fortunes
+from sslm_jax.runs import reshape
 
 BASELINE_WORKDIR = 'runs/text_vae_fortunes_lm'
 
 
 def get_config():
-  config = _gpt_fortunes['get_config']()
+  # The data, tokenizer size and optimizer of the GPT config; model, rows and schedule below.
+  config = reshape(gpt_fortunes.get_config(), 'text_vae', 'text_vae')
   config.text.seq_len = 48
   config.text.sample_prompt = ''
 
-  config.model.name = 'text_vae'
   config.model.latent_dim = 32
   config.model.num_layers = 3        # the decoder
   config.model.embed_dim = 128
@@ -46,7 +43,6 @@ def get_config():
   config.model.encoder_layers = 2
   config.model.latent_conditioning = 'both'
   config.model.latent_prefix_len = 1
-  config.objective.name = 'text_vae'
 
   config.text_vae.kl_schedule = 'linear'
   config.text_vae.kl_warmup_steps = 1000

@@ -5,14 +5,11 @@ Its test NLL is the VAE's `lm_nll`; train it first:
   sslm-jax train --config configs/text_vae_fortunes_lm.py --workdir runs/text_vae_fortunes_lm
 """
 
-import os
-import runpy
-
-_vae = runpy.run_path(os.path.join(os.path.dirname(__file__), 'text_vae_fortunes.py'))
+from sslm_jax.configs import text_vae_fortunes
 
 
 def get_config():
-  config = _vae['get_config']()
+  config = text_vae_fortunes.get_config()
   config.model.latent_conditioning = 'none'
   config.text_vae.kl_schedule = 'constant'
   config.text_vae.word_dropout = 0.0

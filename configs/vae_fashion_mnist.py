@@ -4,10 +4,10 @@ Offline (Debian's dataset-fashion-mnist): --config.data.name=idx_images/fashion_
 --config.data.manual_dir=/usr/share/datasets/fashion-mnist
 """
 
-from sslm_jax.config import base_config
+from sslm_jax.runs import run_config
 
 
 def get_config():
-  config = base_config()
+  config = run_config('vae', 'seed')
   config.data.name = 'fashion_mnist'
   return config

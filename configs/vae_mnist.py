@@ -4,10 +4,10 @@ MNIST offline: put MNIST's four IDX files in a folder and pass
 --config.data.name=idx_images/mnist --config.data.manual_dir=/that/folder.
 """
 
-from sslm_jax.config import base_config
+from sslm_jax.runs import run_config
 
 
 def get_config():
-  config = base_config()
+  config = run_config('vae', 'seed')
   config.data.name = 'mnist'
   return config

@@ -26,45 +26,93 @@ from sslm_jax import host_memory  # standard library only: no start-up cost
 USAGE_ERROR, RUN_ERROR = 2, 1
 
 
-def _load_config(argv: list[str], command: str = 'train'):
-  """--config FILE plus --config.key=value overrides, as ml_collections' config_flags parses
-  them (types checked against the file's values), then validated: (config, workdir). A
-  pipeline's workdir defaults to runs/<config file name>."""
+def _name_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+  """(the --config.model.name / --config.objective.name flags of `argv`, the rest)."""
+  names, rest, i = [], [], 0
+  while i < len(argv):
+    flag = argv[i].split('=', 1)[0]
+    takes = flag in ('--config.model.name', '--config.objective.name')
+    value = [] if '=' in argv[i] or not takes or i + 1 == len(argv) else [argv[i + 1]]
+    (names if takes else rest).extend([argv[i]] + value)
+    i += 1 + len(value)
+  return names, rest
+
+
+def _parse_config(argv: list[str], config=None):
+  """(config, workdir) from `argv` as ml_collections' config_flags parses them: --config FILE
+  (or the ConfigDict `config`) plus --config.key=value overrides (types checked against the
+  config's values)."""
   from absl import flags
   from ml_collections import config_flags
-  from sslm_jax import config as config_lib
-  from sslm_jax import pipeline_config as pipeline_lib
   flag_values = flags.FlagValues()
-  try:  # absl, OS, attribute and type errors: each becomes one config error message
+  if config is None:
     config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                     flag_values=flag_values, lock_config=True,
                                     sys_argv=['sslm-jax'] + argv)
-    flags.DEFINE_string('workdir', None, 'Run folder.', flag_values=flag_values)
-    flag_values(['sslm-jax'] + argv)
-    config = flag_values.config
-    if config is not None:
-      config.to_dict()  # a config file that failed to load raises on first access
+  else:
+    config_flags.DEFINE_config_dict('config', config, flag_values=flag_values, lock_config=True,
+                                    sys_argv=['sslm-jax'] + argv)
+  flags.DEFINE_string('workdir', None, 'Run folder.', flag_values=flag_values)
+  flag_values(['sslm-jax'] + argv)
+  loaded = flag_values.config
+  if loaded is not None:
+    loaded.to_dict()  # a config file that failed to load raises on first access
+  path = config_flags.get_config_filename(flag_values['config']) if config is None else None
+  return loaded, flag_values.workdir, path
+
+
+def _load_config(argv: list[str], command: str = 'train'):
+  """--config FILE plus --config.key=value overrides, then validated: (config, workdir). A flag
+  that changes the model or the objective reshapes the config to the keys they read before the
+  other flags apply. A pipeline's workdir defaults to runs/<config file name>."""
+  from sslm_jax import config as config_lib
+  from sslm_jax import pipeline_config as pipeline_lib
+  from sslm_jax import runs
+  names, rest = _name_overrides(argv)
+  try:  # absl, OS, attribute and type errors: each becomes one config error message
+    config, workdir, path = _parse_config(argv if not names else _file_flags(argv) + names)
+    if names and config is not None:
+      config, workdir, _ = _parse_config(_without_file(rest), runs.reshape(config))
+  except config_lib.ConfigError:
+    raise
   except Exception as e:  # noqa: BLE001
     raise config_lib.ConfigError(f'{type(e).__name__}: {e}') from e
   if command == 'tokenize':
     if config is None:
       raise config_lib.ConfigError('data tokenize needs --config FILE (the run\'s config: its '
                                    'data.*, text.seq_len, text.* cleaning and tokenizer)')
-    return config_lib.validate(config), None
+    return runs.validate(config), None
   if command == 'pipeline':
     if config is None:
       raise config_lib.ConfigError('pipeline needs --config FILE (e.g. '
                                    'configs/pipeline_fortunes.py)')
-    path = config_flags.get_config_filename(flag_values['config'])
     if 'pretrain' not in config:
       raise config_lib.ConfigError(f'{path} is not a pipeline config; allowed: one built on '
-                                   f'sslm_jax.pipeline_config.pipeline_config() (configs/pipeline_*.py)')
-    workdir = flag_values.workdir or os.path.join(
-        'runs', os.path.splitext(os.path.basename(path))[0])
+                                   f'sslm_jax.pipeline_config.pipeline_config() '
+                                   f'(configs/pipeline_*.py)')
+    workdir = workdir or os.path.join('runs', os.path.splitext(os.path.basename(path))[0])
     return pipeline_lib.validate_pipeline(config), workdir
-  if config is None or flag_values.workdir is None:
+  if config is None or workdir is None:
     raise config_lib.ConfigError('train needs --config FILE and --workdir DIR')
-  return config_lib.validate(config), flag_values.workdir
+  return runs.validate(config), workdir
+
+
+def _file_flags(argv: list[str]) -> list[str]:
+  """The --config FILE flag of `argv`."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return [arg]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i:i + 2]
+  return []
+
+
+def _without_file(argv: list[str]) -> list[str]:
+  flags = _file_flags(argv)
+  if not flags:
+    return argv
+  i = argv.index(flags[0])
+  return argv[:i] + argv[i + len(flags):]
 
 
 def cmd_train(args, rest: list[str]) -> int:
@@ -86,8 +134,8 @@ def cmd_pipeline(args, rest: list[str]) -> int:
 
 
 def cmd_eval(args, rest) -> int:
-  from sslm_jax.train import loop
-  run, params, step = loop.restore_params(args.workdir, args.step)
+  from sslm_jax import runs
+  run, params, step = runs.restore_params(args.workdir, args.step)
   split = args.split or run.config.data.eval_split
   result = {'step': step, 'split': split, **run.task.evaluate(params, split)}
   print(json.dumps(result, indent=2, sort_keys=True))
@@ -95,12 +143,12 @@ def cmd_eval(args, rest) -> int:
 
 
 def cmd_sample(args, rest) -> int:
-  import jax
-  from sslm_jax.eval import autoencoder as ae_eval
+  from sslm_jax import runs
+  from sslm_jax.data.images import DataError
   from sslm_jax.eval import pictures
-  from sslm_jax.train import loop
-  run, params, step = loop.restore_params(args.workdir, args.step)
-  if hasattr(run.task, 'sample_text'):  # a language model: text to stdout
+  from sslm_jax.tasks import GeneratesImages, GeneratesText
+  run, params, step = runs.restore_params(args.workdir, args.step)
+  if isinstance(run.task, GeneratesText):  # a language model: text to stdout
     texts = run.task.sample_text(params, prompt=args.prompt, num=args.num or 4, seed=args.seed,
                                  temperature=args.temperature, top_k=args.top_k,
                                  top_p=args.top_p, max_new_tokens=args.max_new_tokens,
@@ -108,22 +156,24 @@ def cmd_sample(args, rest) -> int:
     for i, text in enumerate(texts):
       print(f'--- sample {i} (step {step}, seed {args.seed}) ---\n{text}')
     return 0
+  if not isinstance(run.task, GeneratesImages):
+    raise DataError(f'sample needs a run that generates text or images; {args.workdir!r} is a '
+                    f'{run.config.model.name!r} {run.config.objective.name!r} run')
   out = args.out or os.path.join(args.workdir, f'samples_step{step}_seed{args.seed}.png')
   if os.path.exists(out) and not args.overwrite:
     raise FileExistsError(f'{out} exists; pass --overwrite or another --out')
-  images = ae_eval.sample(params, args.num or 64, jax.random.PRNGKey(args.seed),
-                          model=run.task.model)
-  pictures.save_samples(out, images)
+  pictures.save_samples(out, run.task.sample_images(params, args.num or 64, args.seed))
   print(out)
   return 0
 
 
 def cmd_interpolate(args, rest) -> int:
   """A text VAE's reconstructions of --a and --b and the homotopy between their means."""
+  from sslm_jax import runs
   from sslm_jax.data.images import DataError
-  from sslm_jax.train import loop
-  run, params, step = loop.restore_params(args.workdir, args.step)
-  if not hasattr(run.task, 'homotopy'):
+  from sslm_jax.tasks import Interpolates
+  run, params, step = runs.restore_params(args.workdir, args.step)
+  if not isinstance(run.task, Interpolates):
     raise DataError(f'interpolate needs a text_vae run; {args.workdir!r} is model.name='
                     f'{run.config.model.name!r}')
   recon_a, recon_b = run.task.reconstruct(params, [args.a, args.b])
@@ -286,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     return USAGE_ERROR
   from sslm_jax.config import ConfigError
   from sslm_jax.data.images import DataError
+  from sslm_jax.runs import WorkdirError
   from sslm_jax.train.checkpoint import CheckpointError
-  from sslm_jax.train.loop import NonFiniteLossError, WorkdirError
+  from sslm_jax.train.loop import NonFiniteLossError
   from sslm_jax.train.parallel import ParallelError
   try:
     return args.func(args, rest)

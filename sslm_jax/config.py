@@ -1,487 +1,278 @@
-"""The run configuration: defaults in one place, and the checks that run before any work.
+"""The machinery of configs: sections, composition, checks, JSON. It knows no key.
 
-Config files in `configs/` start from `base_config()` (a locked ConfigDict: a misspelled key is an
-error, not a new key) and change what their experiment needs. `validate` names the key, the value
-and what is allowed for every problem it finds, all at once.
+A config section is a frozen dataclass (`Section`) in the module that reads it: its fields are
+the keys with their defaults (a comment each), and its `check` the rules they must follow (the
+allowed values are that module's own). A run config composes the sections its model and
+objective read (`sslm_jax.train.runs.run_config`), a pipeline config those of its runs
+(`sslm_jax.pipeline_config`). `compose` turns a schema (a ConfigDict section name -> the
+dataclasses whose fields make it) into the locked ConfigDict a config file changes: a misspelled
+key is an error, not a new key. `problems` checks every key of every section and reports every
+problem at once, each naming the key, its value and what is allowed.
 """
 
+import dataclasses
 import json
-from typing import Any
+import typing
+from typing import Any, ClassVar, Mapping
 
 import ml_collections
 
-IMAGE_MODELS = ('vae', 'ae')
-TEXT_MODELS = ('gpt', 'bert', 'text_vae')
-MODELS = IMAGE_MODELS + TEXT_MODELS
-OBJECTIVES_FOR_MODEL = {'vae': ('seed', 'elbo', 'classification'),
-                        'ae': ('mse', 'classification'),
-                        'gpt': ('causal_lm', 'denoising', 'classification'),
-                        'bert': ('mlm', 'classification'),
-                        'text_vae': ('text_vae', 'classification')}
-POOLINGS_FOR_MODEL = {'gpt': ('mean', 'last'), 'bert': ('mean', 'cls', 'last'),
-                      'vae': ('mean',), 'ae': ('mean',),  # images: the encoder's posterior mean
-                      'text_vae': ('mean',)}  # the sentence's posterior mean
-TEXT_ENCODERS = ('transformer', 'gru')  # text_vae: sslm_jax/models/text_vae.py
-LATENT_CONDITIONINGS = ('embedding', 'prefix', 'both', 'none')
-KL_SCHEDULES = ('constant', 'linear', 'logistic', 'cyclical')
-LONG_DOCUMENTS = ('drop', 'truncate')
-CLASS_WEIGHTS = ('none', 'balanced')
-POSITIONS = ('learned', 'rotary')
-TOKENIZER_TYPES = ('unigram', 'bpe')
-NORMALIZATIONS = ('NFKC', 'NFC', 'NFKD', 'NFD', '')
-PARALLEL_MODES = ('jit', 'pmap')
-LIKELIHOODS = ('gaussian', 'bernoulli')
-OPTIMIZERS = ('adam', 'adamw', 'sgd')
-SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'linear')
-CONV_TRANSPOSE_IMPLS = ('col2im', 'xla')  # sslm_jax/models/layers.py implements them
-CONV_IMPLS = ('auto', 'xla', 'onednn')  # sslm_jax/kernels/onednn_conv.py
-DTYPES = ('float32', 'bfloat16')
-DATA_PIPELINES = ('memory', 'grain')  # sslm_jax/data/loader.py
-# Accelerator choices of the text models (issue 16): sslm_jax/models/attention.py and
-# transformer.py define them; tests/test_memory.py checks these copies against those.
-ATTENTION_IMPLS = ('auto', 'reference', 'xla', 'cudnn')
-REMATS = ('none', 'block', 'dots_saveable', 'dots_with_no_batch_dims_saveable',
-          'nothing_saveable', 'everything_saveable')
+TOP = ''  # the schema entry of top-level keys (a run's `seed`, a pipeline's `name`)
+Schema = Mapping[str, tuple[type, ...]]
 
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the key and what is allowed."""
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """The seed's hyper-parameters (seed-reference.md): batch 64, Adam 1e-3, 30 epochs, latent 32."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
+@dataclasses.dataclass(frozen=True)
+class Section:
+  """Base of the dataclasses that define config keys: subclass with fields (keys and defaults)
+  and override `check` for the rules beyond each field's type."""
+  # What the owner of a section may say besides its keys (e.g. a model family's inputs).
+  DESCRIPTION: ClassVar[str] = ''
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = 'vae'
-  c.model.latent_dim = 32
-  c.model.input_size = 32            # images are resized to this square size
-  c.model.channels = 1
-  c.model.encoder_features = (64, 128, 256)  # stride-2 convolutions
-  c.model.encoder_out_features = 256         # the final valid convolution to 1x1
-  c.model.decoder_hidden = (256, 128, 64)    # dense layers after z
-  c.model.decoder_base_features = 64         # channels of the unflattened map
-  c.model.decoder_features = (128, 64)       # stride-2 transposed convs before the last one
-  c.model.conv_impl = 'auto'         # oneDNN convolutions where built (sslm_jax/kernels), else XLA
-  c.model.conv_transpose_impl = 'col2im'  # the decoder's XLA formulation (when not oneDNN)
-  c.model.dtype = 'float32'          # compute dtype; parameters and optimizer state stay float32
-  # Transformers (gpt, bert); the vocabulary size is the tokenizer's (text.vocab_size).
-  c.model.num_layers = 4
-  c.model.num_heads = 4
-  c.model.embed_dim = 256
-  c.model.mlp_dim = 1024
-  c.model.max_len = 128              # longest input; >= text.seq_len (2 * seq_len + 1 denoising)
-  c.model.dropout_rate = 0.1
-  c.model.attention_dropout_rate = 0.0
-  c.model.positions = 'learned'
-  c.model.tie_embeddings = True
-  # Accelerators: the attention kernel ('auto' = cuDNN flash attention on a GPU where it applies,
-  # the reference SDPA elsewhere) and rematerialisation of the Transformer blocks ('none', 'block'
-  # or a jax.checkpoint_policies name), which trades recomputation for activation memory.
-  c.model.attention_impl = 'auto'
-  c.model.remat = 'none'
-  # text_vae: the Transformer keys above size the decoder (and the encoder's width), latent_dim
-  # the posterior (sslm_jax/models/text_vae.py).
-  c.model.encoder_type = 'transformer'  # or 'gru' (bidirectional, embed_dim units a direction)
-  c.model.encoder_layers = 2
-  c.model.latent_conditioning = 'both'  # z added to every input embedding and/or as a prefix
-  c.model.latent_prefix_len = 1         # prefix vectors ('prefix', 'both')
+  @classmethod
+  def keys(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
-  c.objective = ml_collections.ConfigDict()
-  c.objective.name = 'seed'          # seed: MSE + kl_weight * mean(mu^2 + var - 1 - logvar)
-  c.objective.kl_weight = 1e-4
-  c.objective.beta = 1.0             # elbo: recon_nll + beta * KL
-  c.objective.likelihood = 'bernoulli'
-  c.objective.likelihood_scale = 0.1  # std of the gaussian likelihood, in [-1, 1] pixel units
-  c.objective.mask_rate = 0.15       # mlm: tokens chosen; denoising: noisy tokens masked
-  c.objective.mask_token_fraction = 0.8    # mlm: chosen tokens that become [MASK]
-  c.objective.random_token_fraction = 0.1  # mlm: chosen tokens that become a random token
-  c.objective.deletion_rate = 0.1    # denoising: noisy tokens deleted
-  c.objective.class_weights = 'none'  # classification: 'balanced' = n / (classes * class count)
-  c.objective.label_smoothing = 0.0  # classification
-  # causal_lm, mlm, denoising: > 0 computes the logits and loss this many sequence positions at a
-  # time (recomputed in the backward pass), never the float32 logits of the whole batch at once.
-  c.objective.logits_chunk_size = 0
+  @classmethod
+  def defaults(cls) -> dict[str, Any]:
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cls)}
 
-  c.data = ml_collections.ConfigDict()
-  c.data.name = 'fashion_mnist'      # any tfds image dataset; idx_images/<name> for local files
-  c.data.data_dir = ''               # '' = tfds' default (~/tensorflow_datasets)
-  c.data.manual_dir = ''             # local files for builders that read a manual dir
-  c.data.train_split = 'train'
-  c.data.eval_split = 'test'         # evaluated during training
-  c.data.test_split = ''             # also evaluated at the end when set (e.g. eval on validation)
-  c.data.image_key = 'image'
-  c.data.text_key = 'text'
-  c.data.label_key = 'label'         # classification: a ClassLabel feature
-  c.data.validation_fraction = 0.0   # classification: > 0 carves data.eval_split out of
-  c.data.split_seed = 0              # data.train_split, stratified by class, with this seed
-  # Reading (sslm_jax/data/loader.py): 'memory' holds the splits in host memory; 'grain' streams
-  # them through Grain (images from tfds records; a GPT's causal-LM rows from data.token_dir).
-  c.data.pipeline = 'memory'
-  c.data.token_dir = ''              # grain, GPT: the folder `sslm-jax data tokenize` wrote
-  c.data.num_workers = 0             # grain: worker processes reading batches (0: threads only)
-  c.data.prefetch = 4                # batches read ahead by as many threads (2 more on devices)
+  @classmethod
+  def of(cls, values: Mapping[str, Any]):
+    """The section's values (a ConfigDict section, or any mapping holding its keys) as this
+    dataclass; keys of other fragments of the same section are ignored."""
+    return cls(**{k: values[k] for k in cls.keys() if k in values})
 
-  c.text = ml_collections.ConfigDict()  # text runs: cleaning, tokenizer, sequence layout
-  c.text.seq_len = 128
-  c.text.vocab_size = 8000
-  c.text.tokenizer_type = 'unigram'
-  c.text.tokenizer_path = ''         # '' = train one on the train split, saved in the workdir
-  c.text.normalization = 'NFKC'
-  c.text.remove_symbols = ''         # characters deleted by the cleaner
-  c.text.lowercase = False
-  c.text.remove_stopwords = False    # the seed's option; off for language modelling
-  c.text.num_samples = 4             # gpt: generated samples written at each evaluation
-  c.text.sample_prompt = ''
-
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = 'adam'
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.schedule = 'constant'
-  c.optimizer.warmup_steps = 0
-  c.optimizer.end_learning_rate_factor = 0.0  # cosine/linear decay to lr * this
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
-  c.optimizer.weight_decay = 1e-4    # adamw only
-  c.optimizer.momentum = 0.9         # sgd only; 0 = plain SGD
-  c.optimizer.grad_clip_norm = 0.0   # 0 = no clipping
-  # classification: the encoder's learning rate is learning_rate * this; 0 = linear probe
-  # (encoder frozen: no updates, no gradients, no dropout)
-  c.optimizer.encoder_learning_rate_multiplier = 1.0
-
-  c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 64
-  c.train.num_epochs = 30
-  c.train.num_steps = 0              # > 0 overrides num_epochs
-  c.train.eval_batch_size = 1000
-  c.train.log_every_steps = 100
-  c.train.eval_every_steps = 0       # 0 = once an epoch
-  c.train.checkpoint_every_steps = 0  # 0 = once an epoch; always at the end
-  c.train.keep_checkpoints = 3
-  c.train.async_checkpoints = True
-  c.train.num_pictures = 64
-  c.train.progress_bar = True
-  c.train.grad_accum_steps = 1       # micro-batches a step; batch_size is the whole step's
-
-  c.classifier = ml_collections.ConfigDict()  # objective 'classification': a head on the encoder
-  c.classifier.init_from = ''        # workdir of a pretraining run of this model ('' = scratch)
-  c.classifier.init_step = 0         # its checkpoint (0 = the newest)
-  c.classifier.pooling = 'mean'      # text: 'mean', 'last', 'cls' (bert); images: the mean code
-  c.classifier.dropout_rate = 0.0    # on the pooled features
-
-  # Sentence VAE (model 'text_vae', objective 'text_vae'): remedies against posterior collapse,
-  # evaluation and the causal-LM baseline (sslm_jax/objectives/text_vae.py, tasks/text_vae.py).
-  c.text_vae = ml_collections.ConfigDict()
-  c.text_vae.kl_schedule = 'constant'  # KL weight: 'constant' 1, or 0 -> 1 'linear', 'logistic',
-  c.text_vae.kl_warmup_steps = 0     # 'cyclical' over this many steps (1 from then on)
-  c.text_vae.kl_cycles = 1           # cyclical: ramps within kl_warmup_steps
-  c.text_vae.kl_cycle_ratio = 0.5    # cyclical: the fraction of a cycle spent ramping up
-  c.text_vae.word_dropout = 0.0      # decoder input tokens replaced by [MASK]
-  c.text_vae.free_bits = 0.0         # nats a latent dimension may use for free (batch mean)
-  c.text_vae.target_kl = 0.0         # or: nats a sentence may use for free (batch mean)
-  c.text_vae.autoencoder = False     # z = posterior mean, no KL: trains an encoder warm start
-  c.text_vae.encoder_init_from = ''  # workdir of a text_vae run whose encoder this one starts from
-  c.text_vae.long_documents = 'drop'  # documents over text.seq_len tokens: 'drop' or 'truncate'
-  c.text_vae.iw_samples = 100        # importance samples for the bound on data.test_split
-  c.text_vae.eval_iw_samples = 10    # ... on the other splits evaluated
-  c.text_vae.baseline_workdir = ''   # a causal LM run evaluated on the same sentences (lm_nll)
-
-  c.parallel = ml_collections.ConfigDict()
-  c.parallel.mode = 'jit'            # jit over a device mesh, or pmap (maintenance mode in JAX)
-  c.parallel.mesh_data = -1          # -1 = every device not used by fsdp
-  c.parallel.mesh_fsdp = 1           # > 1 shards parameters and optimizer state
-  c.parallel.coordinator_address = ''  # many hosts: host:port of process 0
-  c.parallel.num_processes = 1
-  c.parallel.process_id = 0
-
-  c.lock()
-  return c
+  def check(self, c: 'Checker') -> None:
+    """Reports what the field types do not say through `c` (see Checker)."""
 
 
-def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
+# --- flat views -------------------------------------------------------------------------------
+
+def flatten(d: Mapping, prefix: str = '') -> dict[str, Any]:
   out = {}
   for key, value in d.items():
     path = f'{prefix}{key}'
-    if isinstance(value, dict):
-      out.update(_flatten(value, path + '.'))
+    if isinstance(value, Mapping):
+      out.update(flatten(value, path + '.'))
     else:
       out[path] = value
   return out
 
 
-def _all_ints(*values) -> bool:
-  return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+def _path(section: str, key: str) -> str:
+  return f'{section}.{key}' if section else key
 
 
-def _all_floats(*values) -> bool:
-  return all(isinstance(v, float) for v in values)
+def schema_keys(schema: Schema) -> dict[str, tuple[type, Any]]:
+  """{dotted key: (the Section class that defines it, its default)} of a schema."""
+  out = {}
+  for section, classes in schema.items():
+    for cls in classes:
+      hints = typing.get_type_hints(cls)
+      for key, default in cls.defaults().items():
+        path = _path(section, key)
+        if path in out:
+          raise TypeError(f'{path} is defined twice: by {out[path][0].__name__} and '
+                          f'{cls.__name__}')
+        out[path] = (hints[key], default)
+  return out
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Raises ConfigError listing every problem; returns the config when it is usable."""
-  found = problems(config)
-  if found:
-    raise ConfigError('invalid config:\n  ' + '\n  '.join(found))
+def compose(schema: Schema, **values) -> ml_collections.ConfigDict:
+  """The locked ConfigDict of `schema` with its defaults, then `values` ({'model.name': ...})."""
+  config = ml_collections.ConfigDict()
+  for section, classes in schema.items():
+    target = config
+    if section:
+      target = config[section] = ml_collections.ConfigDict()
+    for cls in classes:
+      for key, default in cls.defaults().items():
+        target[key] = default
+  for path, value in values.items():
+    _set(config, path, value)
+  config.lock()
   return config
 
 
-def problems(config: ml_collections.ConfigDict) -> list[str]:
-  """Every problem of a run config, one message each (empty when it is usable)."""
-  problems = []
-  reference = _flatten(base_config().to_dict())
-  given = _flatten(config.to_dict())
-  for key in sorted(set(given) - set(reference)):
-    problems.append(f'unknown key {key!r}; known keys under it: '
-                    f'{sorted(k for k in reference if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0])}')
-  for key in sorted(set(reference) - set(given)):
-    problems.append(f'missing key {key!r}')
-
-  def check(ok: bool, key: str, allowed: str):
-    if not ok:
-      problems.append(f'{key}={given.get(key)!r} is invalid; allowed: {allowed}')
-
-  def choice(key: str, options):
-    check(given.get(key) in options, key, ', '.join(map(repr, options)))
-
-  def positive_int(key: str, minimum: int = 1):
-    value = given.get(key)
-    check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, key,
-          f'an integer >= {minimum}')
-
-  def int_tuple(key: str):
-    value = given.get(key)
-    check(isinstance(value, (tuple, list)) and len(value) > 0 and
-          all(isinstance(v, int) and v >= 1 for v in value), key,
-          'a non-empty tuple of positive integers')
-
-  positive_int('seed', minimum=0)
-  m, o, d, opt, t = (config.model, config.objective, config.data, config.optimizer,
-                     config.train)
-  choice('model.name', MODELS)
-  choice('model.conv_transpose_impl', CONV_TRANSPOSE_IMPLS)
-  choice('model.conv_impl', CONV_IMPLS)
-  if m.get('conv_impl') == 'onednn':
-    from sslm_jax.kernels import onednn_conv  # imports jax, which only this choice needs
-    reason = onednn_conv.unavailable_reason()
-    check(reason is None, 'model.conv_impl', f"'auto' or 'xla' here ({reason})")
-  choice('model.dtype', DTYPES)
-  for key in ('model.latent_dim', 'model.input_size', 'model.channels',
-              'model.encoder_out_features', 'model.decoder_base_features'):
-    positive_int(key)
-  for key in ('model.encoder_features', 'model.decoder_hidden', 'model.decoder_features'):
-    int_tuple(key)
-  if m.name in IMAGE_MODELS and isinstance(m.input_size, int) and m.input_size >= 1:
-    for key, n_stride2 in (('model.encoder_features', len(m.encoder_features)),
-                           ('model.decoder_features', len(m.decoder_features) + 1)):
-      check(m.input_size % (2 ** n_stride2) == 0, 'model.input_size',
-            f'a multiple of 2**{n_stride2} (the {n_stride2} stride-2 layers of {key})')
-  for key in ('model.num_layers', 'model.num_heads', 'model.embed_dim', 'model.mlp_dim',
-              'model.max_len', 'text.seq_len'):
-    positive_int(key)
-  choice('model.positions', POSITIONS)
-  choice('model.attention_impl', ATTENTION_IMPLS)
-  choice('model.remat', REMATS)
-  if m.name in TEXT_MODELS and m.get('attention_impl') == 'cudnn' and m.dtype in DTYPES and \
-      _all_ints(m.embed_dim, m.num_heads) and m.num_heads > 0 and \
-      isinstance(m.attention_dropout_rate, float):
-    from sslm_jax.models import attention_choice  # imports jax, which only this choice needs
-    try:
-      attention_choice(m)
-    except ValueError as e:
-      check(False, 'model.attention_impl', f"'auto', 'reference' or 'xla' here ({e})")
-  positive_int('objective.logits_chunk_size', minimum=0)
-  check(isinstance(m.tie_embeddings, bool), 'model.tie_embeddings', 'True or False')
-  for key in ('model.dropout_rate', 'model.attention_dropout_rate'):
-    check(isinstance(given.get(key), float) and 0 <= given.get(key) < 1, key, 'a float in [0, 1)')
-  if m.name in TEXT_MODELS and _all_ints(m.embed_dim, m.num_heads, m.max_len, config.text.seq_len):
-    head_dim = m.embed_dim // max(m.num_heads, 1)
-    check(m.embed_dim % max(m.num_heads, 1) == 0, 'model.embed_dim',
-          f'a multiple of model.num_heads={m.num_heads}')
-    check(m.positions != 'rotary' or head_dim % 2 == 0, 'model.positions',
-          f"'learned', or 'rotary' with an even head size (embed_dim / num_heads = {head_dim})")
-    needed = 2 * config.text.seq_len + 1 if o.name == 'denoising' else config.text.seq_len
-    check(m.max_len >= needed, 'model.max_len',
-          f'>= {needed} (text.seq_len={config.text.seq_len} for objective {o.name!r})')
-
-  choice('objective.name', OBJECTIVES_FOR_MODEL.get(m.name, ()))
-  for key in ('objective.mask_rate', 'objective.mask_token_fraction',
-              'objective.random_token_fraction', 'objective.deletion_rate'):
-    check(isinstance(given.get(key), float) and 0 <= given.get(key) < 1, key, 'a float in [0, 1)')
-  if _all_floats(o.mask_token_fraction, o.random_token_fraction):
-    check(o.mask_token_fraction + o.random_token_fraction <= 1, 'objective.random_token_fraction',
-          f'at most 1 - objective.mask_token_fraction = {1 - o.mask_token_fraction}')
-  choice('objective.likelihood', LIKELIHOODS)
-  check(isinstance(o.kl_weight, float) and o.kl_weight >= 0, 'objective.kl_weight', 'a float >= 0')
-  check(isinstance(o.beta, float) and o.beta >= 0, 'objective.beta', 'a float >= 0')
-  check(isinstance(o.likelihood_scale, float) and o.likelihood_scale > 0,
-        'objective.likelihood_scale', 'a float > 0')
-
-  check(isinstance(d.name, str) and bool(d.name), 'data.name', 'a tfds dataset name')
-  for key in ('data.train_split', 'data.eval_split', 'data.image_key', 'data.text_key'):
-    check(isinstance(given.get(key), str) and bool(given.get(key)), key, 'a non-empty string')
-  check(isinstance(d.test_split, str), 'data.test_split', "a split name, or '' for none")
-
-  txt = config.text
-  check(isinstance(txt.vocab_size, int) and txt.vocab_size >= 16, 'text.vocab_size',
-        'an integer >= 16')
-  choice('text.tokenizer_type', TOKENIZER_TYPES)
-  choice('text.normalization', NORMALIZATIONS)
-  for key in ('text.tokenizer_path', 'text.remove_symbols', 'text.sample_prompt'):
-    check(isinstance(given.get(key), str), key, 'a string')
-  for key in ('text.lowercase', 'text.remove_stopwords'):
-    check(isinstance(given.get(key), bool), key, 'True or False')
-  positive_int('text.num_samples', minimum=0)
-
-  choice('optimizer.name', OPTIMIZERS)
-  choice('optimizer.schedule', SCHEDULES)
-  check(isinstance(opt.learning_rate, float) and opt.learning_rate > 0,
-        'optimizer.learning_rate', 'a float > 0')
-  positive_int('optimizer.warmup_steps', minimum=0)
-  for key in ('optimizer.end_learning_rate_factor', 'optimizer.b1', 'optimizer.b2',
-              'optimizer.momentum'):
-    check(isinstance(given.get(key), float) and 0 <= given.get(key) <= 1, key, 'a float in [0, 1]')
-  for key in ('optimizer.weight_decay', 'optimizer.grad_clip_norm'):
-    check(isinstance(given.get(key), float) and given.get(key) >= 0, key, 'a float >= 0')
-
-  for key in ('train.batch_size', 'train.eval_batch_size', 'train.log_every_steps',
-              'train.keep_checkpoints', 'train.num_pictures'):
-    positive_int(key)
-  for key in ('train.num_epochs', 'train.num_steps', 'train.eval_every_steps',
-              'train.checkpoint_every_steps'):
-    positive_int(key, minimum=0)
-  check(t.num_epochs > 0 or t.num_steps > 0, 'train.num_epochs',
-        'at least one of train.num_epochs and train.num_steps > 0')
-  positive_int('train.grad_accum_steps')
-  if _all_ints(t.batch_size, t.grad_accum_steps) and t.grad_accum_steps >= 1:
-    check(t.batch_size % t.grad_accum_steps == 0, 'train.batch_size',
-          f'a multiple of train.grad_accum_steps={t.grad_accum_steps}')
-
-  p = config.parallel
-  choice('parallel.mode', PARALLEL_MODES)
-  check(isinstance(p.mesh_data, int) and (p.mesh_data == -1 or p.mesh_data >= 1),
-        'parallel.mesh_data', '-1 (all devices left) or an integer >= 1')
-  positive_int('parallel.mesh_fsdp')
-  check(p.mode == 'jit' or p.mesh_fsdp == 1, 'parallel.mesh_fsdp',
-        "1 with parallel.mode='pmap' (pmap replicates parameters); use mode 'jit' to shard them")
-  positive_int('parallel.num_processes')
-  positive_int('parallel.process_id', minimum=0)
-  check(isinstance(p.coordinator_address, str), 'parallel.coordinator_address',
-        "'host:port' of process 0, or '' for one process")
-  if _all_ints(p.num_processes, p.process_id):
-    check(p.process_id < p.num_processes, 'parallel.process_id',
-          f'0 .. parallel.num_processes - 1 = {p.num_processes - 1}')
-    check(p.num_processes == 1 or bool(p.coordinator_address), 'parallel.coordinator_address',
-          "'host:port' of process 0 when parallel.num_processes > 1")
-
-  # Classification (objective 'classification'): a head on the model's encoder.
-  cl = config.classifier
-  check(isinstance(d.label_key, str) and bool(d.label_key), 'data.label_key', 'a non-empty string')
-  vf = d.validation_fraction
-  check(isinstance(vf, float) and 0 <= vf < 1, 'data.validation_fraction',
-        'a float in [0, 1) (0 = data.eval_split is a split of the dataset)')
-  positive_int('data.split_seed', minimum=0)
-  if isinstance(vf, float) and vf > 0:
-    check(d.eval_split != d.train_split, 'data.eval_split',
-          f'a name other than data.train_split={d.train_split!r} for the split carved out of it')
-    check(d.test_split not in (d.train_split, d.eval_split), 'data.test_split',
-          'a split other than the training split and the one carved out of it')
-  choice('objective.class_weights', CLASS_WEIGHTS)
-  check(isinstance(o.label_smoothing, float) and 0 <= o.label_smoothing < 1,
-        'objective.label_smoothing', 'a float in [0, 1)')
-  multiplier = opt.encoder_learning_rate_multiplier
-  check(isinstance(multiplier, float) and multiplier >= 0,
-        'optimizer.encoder_learning_rate_multiplier', 'a float >= 0 (0 = frozen encoder)')
-  check(multiplier == 1.0 or o.name == 'classification',
-        'optimizer.encoder_learning_rate_multiplier',
-        "1.0 unless objective.name='classification' (only a classifier has an encoder/head split)")
-  check(isinstance(cl.init_from, str), 'classifier.init_from',
-        "the workdir of a pretraining run, or '' to start from scratch")
-  check(not cl.init_from or o.name == 'classification', 'classifier.init_from',
-        "'' unless objective.name='classification'")
-  positive_int('classifier.init_step', minimum=0)
-  pooling_allowed = POOLINGS_FOR_MODEL.get(m.name, ())
-  check(cl.pooling in pooling_allowed, 'classifier.pooling',
-        f'{", ".join(map(repr, pooling_allowed))} for model {m.name!r}' +
-        (" ('cls' reads the first position, which a causal model sees alone)"
-         if m.name == 'gpt' else ''))
-  check(isinstance(cl.dropout_rate, float) and 0 <= cl.dropout_rate < 1,
-        'classifier.dropout_rate', 'a float in [0, 1)')
-  _check_text_vae(config, given, check, choice, positive_int)
-  _check_data_pipeline(config, check, choice, positive_int)
-  return problems
+def _set(config, path: str, value) -> None:
+  section, _, key = path.rpartition('.')
+  (config[section] if section else config)[key] = value
 
 
-def _check_data_pipeline(config, check, choice, positive_int) -> None:
-  """The data.pipeline keys' checks, reported through `problems`' own check functions."""
-  d, m, o = config.data, config.model, config.objective
-  choice('data.pipeline', DATA_PIPELINES)
-  check(isinstance(d.token_dir, str), 'data.token_dir', "a folder, or '' for none")
-  positive_int('data.num_workers', minimum=0)
-  positive_int('data.prefetch')
-  if d.pipeline == 'grain':
-    images = m.name in IMAGE_MODELS and o.name != 'classification'
-    check(images or (m.name == 'gpt' and o.name == 'causal_lm'), 'data.pipeline',
-          "'memory' for this run ('grain' streams the images of vae/ae runs and the token "
-          "shards of gpt causal_lm runs)")
-    check(m.name != 'gpt' or bool(d.token_dir), 'data.token_dir',
-          "the folder `sslm-jax data tokenize` wrote, with data.pipeline='grain'")
-  else:
-    check(d.num_workers == 0, 'data.num_workers',
-          "0 with data.pipeline='memory' (worker processes would copy the in-memory splits)")
+# --- checks -----------------------------------------------------------------------------------
+
+def _type_ok(value, hint) -> bool:
+  if hint is bool:
+    return isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if hint is float:
+    return isinstance(value, float)
+  if hint is str:
+    return isinstance(value, str)
+  if typing.get_origin(hint) is tuple:
+    item = typing.get_args(hint)[0]
+    return isinstance(value, (tuple, list)) and all(_type_ok(v, item) for v in value)
+  return True
 
 
-def _check_text_vae(config, given, check, choice, positive_int) -> None:
-  """The text_vae keys' checks, reported through `problems`' own check functions."""
-  m, tv = config.model, config.text_vae
-  choice('model.encoder_type', TEXT_ENCODERS)
-  positive_int('model.encoder_layers')
-  choice('model.latent_conditioning', LATENT_CONDITIONINGS)
-  positive_int('model.latent_prefix_len')
-  choice('text_vae.kl_schedule', KL_SCHEDULES)
-  positive_int('text_vae.kl_warmup_steps', minimum=0)
-  check(tv.kl_schedule == 'constant' or (_all_ints(tv.kl_warmup_steps) and
-                                         tv.kl_warmup_steps > 0), 'text_vae.kl_warmup_steps',
-        f'an integer > 0 with text_vae.kl_schedule={tv.kl_schedule!r}')
-  positive_int('text_vae.kl_cycles')
-  check(isinstance(tv.kl_cycle_ratio, float) and 0 < tv.kl_cycle_ratio <= 1,
-        'text_vae.kl_cycle_ratio', 'a float in (0, 1]')
-  check(isinstance(tv.word_dropout, float) and 0 <= tv.word_dropout <= 1, 'text_vae.word_dropout',
-        'a float in [0, 1]')
-  for key in ('text_vae.free_bits', 'text_vae.target_kl'):
-    check(isinstance(given.get(key), float) and given.get(key) >= 0, key, 'a float >= 0 (0 = off)')
-  check(not (tv.free_bits and tv.target_kl), 'text_vae.target_kl',
-        '0.0 when text_vae.free_bits > 0 (one threshold: per dimension or per sentence)')
-  check(isinstance(tv.autoencoder, bool), 'text_vae.autoencoder', 'True or False')
-  for key in ('text_vae.encoder_init_from', 'text_vae.baseline_workdir'):
-    check(isinstance(given.get(key), str), key, "the workdir of a run, or '' for none")
-  choice('text_vae.long_documents', LONG_DOCUMENTS)
-  positive_int('text_vae.iw_samples')
-  positive_int('text_vae.eval_iw_samples')
-  if m.name == 'text_vae':
-    no_latent = m.latent_conditioning == 'none'
-    check(not (no_latent and (tv.autoencoder or tv.encoder_init_from)),
-          'model.latent_conditioning', "'embedding', 'prefix' or 'both' with "
-          'text_vae.autoencoder or text_vae.encoder_init_from (they need an encoder)')
+def _type_name(hint) -> str:
+  names = {bool: 'True or False', int: 'an integer', float: 'a float', str: 'a string'}
+  if hint in names:
+    return names[hint]
+  if typing.get_origin(hint) is tuple:
+    return f'a tuple of {_type_name(typing.get_args(hint)[0])[2:]}s'
+  return str(hint)
 
+
+class Checker:
+  """What `Section.check` reports through: at most one problem a key (the first), each as
+  `key=value is invalid; allowed: ...`. Keys are the section's own, or dotted (any section's).
+
+  `valid(*keys)` says whether keys hold values of their types with no problem so far: guard a
+  rule that combines keys with it, so that one wrong value is one message.
+  """
+
+  def __init__(self, given: Mapping[str, Any], types: Mapping[str, Any], found: dict,
+               section: str = TOP, facts: Mapping[str, Any] | None = None):
+    self._given, self._types, self._found = given, types, found
+    self._section = section
+    self.facts = dict(facts or {})  # what the composer knows of the run (e.g. its inputs)
+    self.touched = set()
+
+  def for_section(self, section: str) -> 'Checker':
+    c = Checker(self._given, self._types, self._found, section, self.facts)
+    c.touched = self.touched
+    return c
+
+  def key(self, key: str) -> str:
+    return key if '.' in key or not self._section else _path(self._section, key)
+
+  def get(self, key: str, default=None):
+    return self._given.get(self.key(key), default)
+
+  def valid(self, *keys: str) -> bool:
+    paths = [self.key(k) for k in keys]
+    return all(p in self._given and p not in self._found and
+               _type_ok(self._given[p], self._types.get(p)) for p in paths)
+
+  def check(self, ok: bool, key: str, allowed: str) -> bool:
+    path = self.key(key)
+    self.touched.add(path)
+    if not ok and path not in self._found:
+      self._found[path] = f'{path}={self._given.get(path)!r} is invalid; allowed: {allowed}'
+    return bool(ok)
+
+  def choice(self, key: str, options, note: str = '') -> bool:
+    return self.check(self.get(key) in options, key, ', '.join(map(repr, options)) + note)
+
+  def integer(self, key: str, minimum: int = 1) -> bool:
+    value = self.get(key)
+    return self.check(_type_ok(value, int) and value >= minimum, key,
+                      f'an integer >= {minimum}')
+
+  def number(self, key: str, low: float | None = None, high: float | None = None, *,
+             low_open: bool = False, high_open: bool = False, note: str = '') -> bool:
+    """A float within [low, high] (either end open, or absent)."""
+    value = self.get(key)
+    ok = _type_ok(value, float)
+    if ok and low is not None:
+      ok = value > low if low_open else value >= low
+    if ok and high is not None:
+      ok = value < high if high_open else value <= high
+    if low is not None and high is not None:
+      allowed = f'a float in {"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}'
+    elif low is not None:
+      allowed = f'a float {">" if low_open else ">="} {low:g}'
+    else:
+      allowed = 'a float'
+    return self.check(ok, key, allowed + note)
+
+  def positive_ints(self, key: str) -> bool:
+    value = self.get(key)
+    return self.check(isinstance(value, (tuple, list)) and len(value) > 0 and
+                      all(_type_ok(v, int) and v >= 1 for v in value), key,
+                      'a non-empty tuple of positive integers')
+
+  def nonempty(self, key: str, allowed: str = 'a non-empty string') -> bool:
+    value = self.get(key)
+    return self.check(isinstance(value, str) and bool(value), key, allowed)
+
+
+def key_problems(given: Mapping[str, Any], reference) -> list[str]:
+  """Unknown and missing keys of the flat `given` against the dotted keys of `reference`."""
+  reference = set(reference)
+  found = [f'unknown key {key!r}; known keys under it: '
+           f'{sorted(k for k in reference if k.rpartition(".")[0] == key.rpartition(".")[0])}'
+           for key in sorted(set(given) - reference)]
+  return found + [f'missing key {key!r}' for key in sorted(reference - set(given))]
+
+
+def check_problems(given: Mapping[str, Any], schema: Schema, *,
+                   facts: Mapping[str, Any] | None = None) -> list[str]:
+  """Each section's `check` on the flat values `given` (defaults where a key is missing), then
+  the type of every key of `schema` that no check looked at."""
+  reference = schema_keys(schema)
+  by_key = {}
+  checker = Checker(given, {k: hint for k, (hint, _) in reference.items()}, by_key, facts=facts)
+  for section, classes in schema.items():
+    for cls in classes:
+      cls(**{k: given.get(_path(section, k), d) for k, d in cls.defaults().items()}).check(
+          checker.for_section(section))
+  for path, (hint, _) in reference.items():
+    if path in given and path not in checker.touched:
+      checker.check(_type_ok(given[path], hint), path, _type_name(hint))
+  return list(by_key.values())
+
+
+def problems(config: ml_collections.ConfigDict, schema: Schema, *,
+             facts: Mapping[str, Any] | None = None) -> list[str]:
+  """Every problem of `config` against `schema`, one message each (empty when it is usable):
+  unknown and missing keys, each section's `check`, and the type of every key no check looked
+  at."""
+  given = flatten(config.to_dict())
+  return (key_problems(given, schema_keys(schema)) +
+          check_problems(given, schema, facts=facts))
+
+
+def raise_if(found: list[str], what: str = 'invalid config') -> None:
+  if found:
+    raise ConfigError(f'{what}:\n  ' + '\n  '.join(dict.fromkeys(found)))
+
+
+# --- JSON and comparisons ---------------------------------------------------------------------
 
 def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True)
 
 
-def from_json(text: str) -> ml_collections.ConfigDict:
-  """A config saved by `to_json`, back on top of the current defaults (lists -> tuples)."""
+def json_values(text: str) -> dict:
+  """The nested values of a config saved by `to_json` (lists back to tuples)."""
   def tuples(value):
     if isinstance(value, dict):
       return {k: tuples(v) for k, v in value.items()}
     return tuple(value) if isinstance(value, list) else value
-  config = base_config()
-  with config.unlocked():
-    config.update(tuples(json.loads(text)))
-  return config
+  values = json.loads(text)
+  if not isinstance(values, dict):
+    raise ValueError(f'a config is a JSON object; got {type(values).__name__}')
+  return tuples(values)
+
+
+def conform(values: Mapping, schema: Schema) -> tuple[ml_collections.ConfigDict, dict]:
+  """(the config of `schema` holding `values` where it has their keys (its defaults elsewhere),
+  {dotted key: value} of the values it has no key for)."""
+  flat = flatten(values)
+  reference = schema_keys(schema)
+  config = compose(schema, **{k: v for k, v in flat.items() if k in reference})
+  return config, {k: v for k, v in flat.items() if k not in reference}
 
 
 def differences(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> dict[str, tuple]:
   """{key: (a value, b value)} for the flattened keys where the two configs differ."""
-  fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
+  fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
   return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}

@@ -28,7 +28,9 @@ import time
 
 import numpy as np
 
+from sslm_jax import config as config_lib
 from sslm_jax import pipeline_config as pipeline_lib
+from sslm_jax import runs as runs_lib
 from sslm_jax.data import labels as label_data
 from sslm_jax.eval import baselines, report as report_lib
 from sslm_jax.eval import metrics as metrics_lib
@@ -107,7 +109,7 @@ def data_statistics(run_config, cache: dict) -> dict:
 def select_and_test(run_dir: str, test_split: str) -> dict:
   """Restores the run's checkpoint with the best validation macro-F1 (ties: the earliest) among
   those kept, and evaluates it on `test_split`; written to <run_dir>/test_result.json."""
-  saved = loop.saved_config(run_dir)
+  saved = runs_lib.saved_config(run_dir)
   eval_split = saved.data.eval_split
   scores = {r['step']: r for r in read_metrics(run_dir) if r.get('split') == eval_split}
   checkpointer = ckpt_lib.Checkpointer(run_dir, read_only=True)
@@ -117,7 +119,7 @@ def select_and_test(run_dir: str, test_split: str) -> dict:
     checkpointer.close()
   candidates = [s for s in steps if s in scores] or steps[-1:]
   best = max(candidates, key=lambda s: (scores.get(s, {}).get('macro_f1', -1.0), -s))
-  run, params, step = loop.restore_params(run_dir, best)
+  run, params, step = runs_lib.restore_params(run_dir, best)
   labels, predictions, _ = run.task.predict(params, test_split)
   result = {'selected_step': step, 'candidate_steps': candidates,
             'validation': {k: v for k, v in scores.get(step, {}).items()
@@ -138,14 +140,14 @@ def run_baseline(config, run_config, out_dir: str, cache: dict) -> dict:
   """The classical baseline on the classifier's splits; reused when its settings are unchanged."""
   d = run_config.data
   settings = {'baseline': config.baseline.to_dict(), 'data': d.to_dict(),
-              'text': run_config.text.to_dict(),
+              'text': run_config.text.to_dict() if 'text' in run_config else {},
               'class_weights': run_config.objective.class_weights}
   settings = json.loads(json.dumps(settings))  # tuples as lists, as they come back from disk
   path = os.path.join(out_dir, 'result.json')
   if os.path.exists(path):
     with open(path) as f:
       result = json.load(f)
-    if result.get('settings') == settings:
+    if _same_settings(result.get('settings'), settings):
       log.info('baseline: %s is up to date', path)
       return result
   splits = [cls_task.load_labelled(run_config, s, cache)
@@ -170,6 +172,19 @@ def run_baseline(config, run_config, out_dir: str, cache: dict) -> dict:
   return result
 
 
+def _same_settings(saved, settings: dict) -> bool:
+  """Whether a baseline's saved settings are `settings`; those saved when run configs held every
+  key of every run may hold more, at values any run config has by default."""
+  if not isinstance(saved, dict):
+    return False
+  ours = config_lib.flatten({k: v for k, v in settings.items() if k != 'baseline'})
+  theirs = config_lib.flatten({k: v for k, v in saved.items() if k != 'baseline'})
+  extra = {k: v for k, v in theirs.items() if k not in ours}
+  return (saved.get('baseline') == settings['baseline'] and
+          all(theirs.get(k) == v for k, v in ours.items()) and
+          all(runs_lib.legacy_default(k, v) for k, v in extra.items()))
+
+
 def majority_baseline(run_config, cache: dict, num_classes: int) -> dict:
   """Every test example predicted as the most frequent training class."""
   d = run_config.data
@@ -186,7 +201,7 @@ def run_pipeline(config, workdir: str, *, command: str = '') -> dict:
   workdir = os.path.abspath(workdir)
   runs = pipeline_lib.pipeline_runs(config, workdir)
   for name, run_config in runs.items():  # every saved run must fit before anything starts
-    loop.check_workdir(run_config, os.path.join(workdir, name))
+    runs_lib.check_workdir(run_config, os.path.join(workdir, name))
   finetunes = [name for name in runs if name != pipeline_lib.PRETRAIN_RUN]
   # The splits every fine-tuning run reads; the test split only the pipeline reads.
   test_split = config.finetune.data.test_split

@@ -1,22 +1,27 @@
 """Pipeline configs (`sslm-jax pipeline`, sslm_jax/pipeline.py): a self-supervised run, the
 classifiers fine-tuned on its encoder, the same classifier from scratch and a classical baseline.
 
-`pipeline_config()` is the reference every configs/pipeline_*.py starts from; the run configs a
-pipeline derives are ordinary run configs (sslm_jax/config.py), checked by `validate` like any
-other before any work starts.
+`pipeline_config(pretrain)` is what every configs/pipeline_*.py starts from: `pretrain` is any
+run config (sslm_jax.runs.run_config), `finetune` (`FinetuneConfig`, and the classifier keys of
+FINETUNE_OVERRIDES with the optimizer and train sections of a classifier of that model) and
+`baseline` (sslm_jax/eval/baselines.py) the rest. The run configs a pipeline derives are ordinary
+run configs, checked like any other before any work starts.
 """
 
 import copy
-import importlib.util
+import dataclasses
 import os
 
 import ml_collections
 
-from sslm_jax.config import (TEXT_MODELS, ConfigError, _all_ints, _flatten, base_config,
-                             problems)
+from sslm_jax import runs
+from sslm_jax.config import (TOP, Checker, ConfigError, Section, check_problems, flatten,
+                             key_problems, raise_if)
+from sslm_jax.eval.baselines import BaselineConfig
+from sslm_jax.models import MODELS
+from sslm_jax.tasks.base import TOKENIZER_FILE
 
 REGIMES = ('full', 'linear_probe')
-BASELINES = ('auto', 'none')  # auto: TF-IDF + LinearSVC for text, logistic regression on pixels
 # Keys of the pretraining run config that a pipeline's `finetune` section overrides; optimizer
 # and train are whole sections (fine-tuning has its own schedule).
 FINETUNE_OVERRIDES = {
@@ -26,46 +31,79 @@ FINETUNE_OVERRIDES = {
     'objective': ('class_weights', 'label_smoothing'),
     'classifier': ('pooling', 'dropout_rate'),
 }
+_RUN_SECTIONS = ('finetune.optimizer.', 'finetune.train.')  # checked through the derived runs
+PRETRAIN_RUN = 'pretrain'
+SCRATCH_RUN = 'finetune_scratch'
 
 
-def pipeline_config() -> ml_collections.ConfigDict:
-  """A pipeline: a self-supervised run (`pretrain`, any run config), then classifiers on its
-  encoder (`finetune`) beside the same model from scratch and a classical baseline.
+@dataclasses.dataclass(frozen=True)
+class PipelineKeys(Section):
+  name: str = 'classification'    # the task's name in report.json
+
+  def check(self, c: Checker) -> None:
+    c.nonempty('name')
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig(Section):
+  """The pipeline's own `finetune` keys (its other keys are the derived runs')."""
+  regimes: tuple[str, ...] = ('full',)  # of the pretrained encoder; the first is the report's
+  scratch: bool = True            # also train the same model from scratch, same budget
+  linear_probe_learning_rate: float = 0.0  # the head-only run's (0 = finetune.optimizer's): a
+                                           # linear model usually wants a larger one
+
+  def check(self, c: Checker) -> None:
+    c.check(isinstance(self.regimes, (tuple, list)) and 0 < len(self.regimes) ==
+            len(set(self.regimes)) and set(self.regimes) <= set(REGIMES), 'regimes',
+            f'a non-empty tuple of distinct regimes from {REGIMES}')
+    c.number('linear_probe_learning_rate', 0,
+             note=', 0 for finetune.optimizer.learning_rate')
+    c.nonempty('finetune.data.test_split', 'the split the pipeline reports (a non-empty name)')
+    # Model selection restores the evaluated checkpoint with the best validation macro-F1.
+    t = {k: c.get(f'finetune.train.{k}') for k in (
+        'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'num_epochs',
+        'num_steps')}
+    c.check(t['eval_every_steps'] == t['checkpoint_every_steps'],
+            'finetune.train.eval_every_steps',
+            f'finetune.train.checkpoint_every_steps={t["checkpoint_every_steps"]!r} (model '
+            f'selection restores the checkpoints that were evaluated)')
+    if all(isinstance(v, int) for v in t.values()) and t['num_steps'] == 0 and \
+        t['eval_every_steps'] == 0:
+      c.check(t['keep_checkpoints'] >= t['num_epochs'], 'finetune.train.keep_checkpoints',
+              f'>= finetune.train.num_epochs={t["num_epochs"]}, so model selection may restore '
+              f'any evaluated epoch')
+
+
+SCHEMA = {TOP: (PipelineKeys,), 'finetune': (FinetuneConfig,), 'baseline': (BaselineConfig,)}
+
+
+def pipeline_config(pretrain: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+  """A pipeline: a self-supervised run (`pretrain`, any run config; the seed's VAE by default),
+  then classifiers on its encoder (`finetune`) beside the same model from scratch and a
+  classical baseline.
 
   Fine-tuning reads the labels of the dataset pretraining read (`pretrain.data`); its run
   config is the pretraining config with `objective.name='classification'`, the keys of
   FINETUNE_OVERRIDES taken from `finetune.<section>`, and `finetune.optimizer` / `finetune.train`
   as its optimizer and train sections.
   """
-  c = ml_collections.ConfigDict()
-  c.name = 'classification'          # the task's name in report.json
-  c.pretrain = base_config()
-  base = base_config()
-  f = c.finetune = ml_collections.ConfigDict()
-  f.regimes = ('full',)              # of the pretrained encoder; the first is the report's
-  f.scratch = True                   # also train the same model from scratch, same budget
-  f.linear_probe_learning_rate = 0.0  # the head-only run's (0 = finetune.optimizer's): a
-                                      # linear model usually wants a larger one
+  pretrain = runs.run_config() if pretrain is None else pretrain
+  classifier = runs.run_config(pretrain.model.name, runs.CLASSIFICATION)
+  c = ml_collections.ConfigDict({**PipelineKeys.defaults()})
+  c.pretrain = pretrain
+  f = c.finetune = ml_collections.ConfigDict(FinetuneConfig.defaults())
   for section, keys in FINETUNE_OVERRIDES.items():
-    f[section] = ml_collections.ConfigDict({k: base[section][k] for k in keys})
+    if section in classifier:
+      f[section] = ml_collections.ConfigDict({k: classifier[section][k] for k in keys})
   f.data.eval_split = 'validation'   # model selection: the checkpoint best on it
   f.data.test_split = 'test'         # evaluated once, on the selected checkpoint
-  f.optimizer = base.optimizer
-  f.optimizer.encoder_learning_rate_multiplier = 1.0
-  f.train = base.train
+  f.optimizer = copy.deepcopy(classifier.optimizer)
+  f.train = copy.deepcopy(classifier.train)
   f.train.num_epochs = 5
   f.train.keep_checkpoints = 5       # every epoch's, so model selection may restore any
-  b = c.baseline = ml_collections.ConfigDict()
-  b.name = 'auto'                    # 'auto' (needs scikit-learn) or 'none'
-  b.c_values = (0.1, 0.3, 1.0, 3.0)  # inverse regularization strengths, chosen on validation
-  b.max_iter = 200                   # logistic regression iterations (images)
-  b.ngram_max = 2                    # TF-IDF word n-grams 1..ngram_max (text)
+  c.baseline = ml_collections.ConfigDict(BaselineConfig.defaults())
   c.lock()
   return c
-
-
-PRETRAIN_RUN = 'pretrain'
-SCRATCH_RUN = 'finetune_scratch'
 
 
 def finetune_run_name(regime: str) -> str:
@@ -75,20 +113,22 @@ def finetune_run_name(regime: str) -> str:
 def finetune_run_config(config: ml_collections.ConfigDict, *, init_from: str,
                         regime: str) -> ml_collections.ConfigDict:
   """The classification run config a pipeline derives (init_from '' = from scratch)."""
-  run = copy.deepcopy(config.pretrain)
+  values = config.pretrain.to_dict()
+  values['objective']['name'] = runs.CLASSIFICATION
+  run = runs.reshape(ml_collections.ConfigDict(values))
   f = config.finetune
-  run.objective.name = 'classification'
   for section, keys in FINETUNE_OVERRIDES.items():
-    for key in keys:
-      run[section][key] = f[section][key]
+    if section in run:
+      for key in keys:
+        run[section][key] = f[section][key]
   run.optimizer = copy.deepcopy(f.optimizer)
   run.train = copy.deepcopy(f.train)
   run.data.test_split = ''  # the pipeline evaluates test once, after selecting on validation
   run.classifier.init_from = init_from
-  run.text.num_samples = 0
-  if config.pretrain.model.name in TEXT_MODELS and init_from:
-    # The pretraining run's tokenizer (trained on its unlabelled training text).
-    run.text.tokenizer_path = os.path.join(init_from, 'tokenizer.model')
+  if 'text' in run:
+    run.text.num_samples = 0
+    if init_from:  # the pretraining run's tokenizer (trained on its unlabelled training text)
+      run.text.tokenizer_path = os.path.join(init_from, TOKENIZER_FILE)
   if regime == 'linear_probe':
     run.optimizer.encoder_learning_rate_multiplier = 0.0
     run.optimizer.learning_rate = f.linear_probe_learning_rate or run.optimizer.learning_rate
@@ -99,24 +139,17 @@ def pipeline_runs(config: ml_collections.ConfigDict, workdir: str, regimes=None)
   """{run folder name: run config} of every training run of a pipeline, in order (`regimes`:
   instead of config.finetune.regimes)."""
   pretrain_dir = os.path.join(workdir, PRETRAIN_RUN)
-  runs = {PRETRAIN_RUN: config.pretrain}
+  runs_ = {PRETRAIN_RUN: config.pretrain}
   for regime in config.finetune.regimes if regimes is None else regimes:
-    runs[finetune_run_name(regime)] = finetune_run_config(config, init_from=pretrain_dir,
-                                                          regime=regime)
+    runs_[finetune_run_name(regime)] = finetune_run_config(config, init_from=pretrain_dir,
+                                                           regime=regime)
   if config.finetune.scratch:
     scratch = finetune_run_config(config, init_from='', regime='full')
     scratch.optimizer.encoder_learning_rate_multiplier = 1.0  # nothing to preserve
-    if config.pretrain.model.name in TEXT_MODELS:  # the same tokenizer: only weights differ
-      scratch.text.tokenizer_path = os.path.join(pretrain_dir, 'tokenizer.model')
-    runs[SCRATCH_RUN] = scratch
-  return runs
-
-
-def _installed(module: str) -> bool:
-  try:
-    return importlib.util.find_spec(module) is not None
-  except (ImportError, ValueError):  # e.g. sys.modules[module] is None
-    return False
+    if 'text' in scratch:  # the same tokenizer: only weights differ
+      scratch.text.tokenizer_path = os.path.join(pretrain_dir, TOKENIZER_FILE)
+    runs_[SCRATCH_RUN] = scratch
+  return runs_
 
 
 def _finetune_problem(problem: str, run_name: str) -> str:
@@ -128,65 +161,46 @@ def _finetune_problem(problem: str, run_name: str) -> str:
   return f'{problem} (in the {run_name} run the pipeline derives)'
 
 
-def validate_pipeline(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Raises ConfigError listing every problem of a pipeline config and the runs it derives."""
-  found = []
-  reference = _flatten(pipeline_config().to_dict())
-  given = _flatten(config.to_dict())
-  outside_runs = [k for k in set(reference) | set(given)
-                  if not k.startswith(('pretrain.', 'finetune.optimizer.', 'finetune.train.'))]
-  for key in sorted(set(outside_runs) - set(reference)):
-    found.append(f'unknown key {key!r}')
-  for key in sorted(set(outside_runs) & set(reference) - set(given)):
-    found.append(f'missing key {key!r}')
+def _key_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Unknown and missing keys outside the runs (their own checks name theirs)."""
+  model = config.pretrain.model.get('name') if 'pretrain' in config else None
+  if model not in MODELS:
+    return [f'pretrain.model.name={model!r} is invalid; allowed: '
+            f'{", ".join(map(repr, MODELS))}']
+  outside = lambda keys: {k for k in keys if not k.startswith(('pretrain.',) + _RUN_SECTIONS)}  # noqa: E731
+  return key_problems(outside(flatten(config.to_dict())),
+                      outside(flatten(pipeline_config(config.pretrain).to_dict())))
+
+
+def problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Every problem of a pipeline config and of the runs it derives, one message each."""
+  found = _key_problems(config)
   if found:
-    raise ConfigError('invalid pipeline config:\n  ' + '\n  '.join(found))
-
-  def check(ok: bool, key: str, allowed: str):
-    if not ok:
-      found.append(f'{key}={given.get(key)!r} is invalid; allowed: {allowed}')
-
-  check(isinstance(config.name, str) and bool(config.name), 'name', 'a non-empty string')
-  regimes = config.finetune.regimes
-  check(isinstance(regimes, (tuple, list)) and 0 < len(regimes) == len(set(regimes)) and
-        set(regimes) <= set(REGIMES), 'finetune.regimes',
-        f'a non-empty tuple of distinct regimes from {REGIMES}')
-  check(isinstance(config.finetune.scratch, bool), 'finetune.scratch', 'True or False')
-  lp = config.finetune.linear_probe_learning_rate
-  check(isinstance(lp, float) and lp >= 0, 'finetune.linear_probe_learning_rate',
-        "a float > 0, or 0 for finetune.optimizer.learning_rate")
-  check(isinstance(config.finetune.data.test_split, str) and bool(config.finetune.data.test_split),
-        'finetune.data.test_split', 'the split the pipeline reports (a non-empty name)')
-  t = config.finetune.train
-  # Model selection restores the evaluated checkpoint with the best validation macro-F1.
-  check(t.eval_every_steps == t.checkpoint_every_steps, 'finetune.train.eval_every_steps',
-        f'finetune.train.checkpoint_every_steps={t.checkpoint_every_steps!r} (model selection '
-        f'restores the checkpoints that were evaluated)')
-  if _all_ints(t.num_epochs, t.num_steps, t.keep_checkpoints, t.eval_every_steps) and \
-      t.num_steps == 0 and t.eval_every_steps == 0:
-    check(t.keep_checkpoints >= t.num_epochs, 'finetune.train.keep_checkpoints',
-          f'>= finetune.train.num_epochs={t.num_epochs}, so model selection may restore any '
-          f'evaluated epoch')
-  b = config.baseline
-  check(b.name in BASELINES, 'baseline.name', ', '.join(map(repr, BASELINES)))
-  check(isinstance(b.c_values, (tuple, list)) and len(b.c_values) > 0 and
-        all(isinstance(v, float) and v > 0 for v in b.c_values), 'baseline.c_values',
-        'a non-empty tuple of floats > 0')
-  for key in ('baseline.max_iter', 'baseline.ngram_max'):
-    check(_all_ints(given.get(key)) and given.get(key) >= 1, key, 'an integer >= 1')
-  if b.name != 'none' and not _installed('sklearn'):
-    found.append("baseline.name='auto' needs scikit-learn, which is not installed; allowed: "
-                 "pip install 'sslm-jax[baselines]', or baseline.name='none'")
-  pretrain_problems = problems(config.pretrain)
+    return found
+  found = check_problems(flatten(config.to_dict()), SCHEMA)
+  pretrain_problems = runs.problems(config.pretrain)
   found += [f'pretrain.{p}' for p in pretrain_problems]
-  if config.pretrain.objective.name == 'classification':
+  if config.pretrain.objective.name == runs.CLASSIFICATION:
     found.append("pretrain.objective.name='classification' is invalid; allowed: a "
                  "self-supervised objective of the model (the pipeline adds the classifier)")
+  if pretrain_problems and any(p.startswith(('model.name', 'objective.name'))
+                               for p in pretrain_problems):
+    return found  # the runs cannot be derived
   # The runs it derives, also when some regimes are unknown (their names are reported above).
+  regimes = config.finetune.regimes
   known = [r for r in regimes if r in REGIMES] if isinstance(regimes, (tuple, list)) else []
   for name, run in pipeline_runs(config, '/workdir', regimes=known or ['full']).items():
     if name != PRETRAIN_RUN:  # what the finetune section brings; pretrain's are named above
-      found += [_finetune_problem(p, name) for p in problems(run) if p not in pretrain_problems]
-  if found:
-    raise ConfigError('invalid pipeline config:\n  ' + '\n  '.join(dict.fromkeys(found)))
+      found += [_finetune_problem(p, name) for p in runs.problems(run)
+                if p not in pretrain_problems]
+  return found
+
+
+def validate_pipeline(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Raises ConfigError listing every problem of a pipeline config and the runs it derives."""
+  try:
+    found = problems(config)
+  except (AttributeError, KeyError) as e:  # a pipeline whose sections are not all there
+    raise ConfigError(f'invalid pipeline config: {type(e).__name__}: {e}') from e
+  raise_if(found, 'invalid pipeline config')
   return config

@@ -41,7 +41,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from sslm_jax.config import base_config  # noqa: E402
+from sslm_jax.runs import run_config  # noqa: E402
 from sslm_jax.data.idx import write_idx  # noqa: E402
 
 FLOAT32_MATMUL_PRECISION = 'highest'
@@ -84,8 +84,9 @@ def tiny_overrides(**extra) -> list[str]:
 
 
 def config_with(overrides: dict):
-  """base_config() with {'section.key': value} set."""
-  config = base_config()
+  """The run config of the overrides' model.name and objective.name (the seed VAE's by default)
+  with {'section.key': value} set."""
+  config = run_config(overrides.get('model.name', 'vae'), overrides.get('objective.name'))
   for key, value in overrides.items():
     section, name = key.split('.')
     setattr(config[section], name, value)

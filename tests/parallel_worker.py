@@ -72,9 +72,9 @@ def setup(model_name: str = 'vae', dtype: str = 'float32'):
   from sslm_jax.objectives import bind_loss
   from sslm_jax.train import optim
   from sslm_jax.train.state import create_train_state
-  config = tiny_config(**LAYOUT_SETTINGS, **{'model.dtype': dtype})
-  if model_name == 'ae':
-    config.model.name, config.objective.name = 'ae', 'mse'
+  config = tiny_config(**LAYOUT_SETTINGS, **{'model.dtype': dtype},
+                       **({'model.name': 'ae', 'objective.name': 'mse'} if model_name == 'ae'
+                          else {}))
   model = build_model(config.model)
   tx = optim.make_optimizer(config.optimizer, total_steps=100)
   return bind_loss(model, config.objective), tx, create_train_state(init_params(model), tx,
@@ -89,10 +89,8 @@ def flat(tree) -> np.ndarray:
 def run(loss_fn, tx, state, *, mode='jit', mesh=None, grad_accum_steps=1, steps=STEPS):
   """(losses, flat params after each step, final state) of `steps` steps on global batches."""
   from sslm_jax.train import parallel
-  from sslm_jax.train.step import make_train_step
-  train_step = make_train_step(loss_fn, tx, grad_accum_steps=grad_accum_steps,
-                               axis_name=parallel.AXIS if mode == 'pmap' else None)
-  ps = parallel.compile_train_step(train_step, mode=mode, mesh=mesh, state_example=state)
+  ps = parallel.compile_train_step(loss_fn, tx, mode=mode, mesh=mesh,
+                                   grad_accum_steps=grad_accum_steps, state_example=state)
   placed = ps.place_state(state)
   losses, params = [], []
   for s in range(steps):
@@ -106,7 +104,6 @@ def equivalence(out: str) -> None:
   """Every layout on the same global batches, plus the errors that need several devices."""
   import jax
   from sslm_jax.train import parallel
-  from sslm_jax.train.step import make_train_step
   assert jax.device_count() == 4, jax.devices()
   one = parallel.make_mesh(devices=jax.devices()[:1])
   vae, ae = setup('vae'), setup('ae')
@@ -130,9 +127,7 @@ def equivalence(out: str) -> None:
   loss_fn, tx, state = vae
   errors = []
   for mode, rows in (('pmap', 6), ('jit', 6)):
-    step = parallel.compile_train_step(
-        make_train_step(loss_fn, tx, axis_name=parallel.AXIS if mode == 'pmap' else None),
-        mode=mode, state_example=state)
+    step = parallel.compile_train_step(loss_fn, tx, mode=mode, state_example=state)
     try:
       step.place_batch(batch(0, rows))
       errors.append('no error')

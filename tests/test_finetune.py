@@ -15,16 +15,17 @@ from PIL import Image
 
 from conftest import SYLLABLES, sentences
 from sslm_jax import cli
-from sslm_jax import config as config_lib
 from sslm_jax import pipeline
 from sslm_jax import pipeline_config as pipeline_lib
+from sslm_jax import runs as runs_lib
 from sslm_jax.config import ConfigError
 from sslm_jax.pipeline_config import pipeline_config
 from sslm_jax.data import labels as label_data
 from sslm_jax.models import heads
 from sslm_jax.objectives import classification
+from sslm_jax.tasks import Context
 from sslm_jax.tasks.classification import ClassificationTask
-from sslm_jax.train import loop, optim
+from sslm_jax.train import optim
 
 pytest.importorskip('sklearn', reason="the pipeline's baseline needs scikit-learn: "
                                       "pip install -e '.[test]'")
@@ -70,7 +71,8 @@ def set_keys(section, values: dict):
 
 
 def tiny_pipeline(pretrain: dict, *, regimes, **finetune):
-  config = pipeline_config()
+  config = pipeline_config(runs_lib.run_config(pretrain.get('model.name', 'vae'),
+                                           pretrain.get('objective.name')))
   set_keys(config.pretrain, {**TINY_TRAIN, 'train.num_steps': 10, **pretrain})
   config.finetune.regimes = regimes
   f = config.finetune
@@ -134,15 +136,15 @@ def test_text_pipeline_writes_the_report(text_run):
   # The test split is read only after each run chose its checkpoint on validation.
   chosen = json.loads((workdir / 'finetune_scratch' / 'test_result.json').read_text())
   assert chosen['selected_step'] in chosen['candidate_steps']
-  saved = loop.saved_config(str(workdir / 'finetune_scratch'))
+  saved = runs_lib.saved_config(str(workdir / 'finetune_scratch'))
   assert saved.data.test_split == '' and saved.data.eval_split == 'validation'
 
 
 def test_loading_the_pretraining_checkpoint_keeps_the_encoder_bit_identical(text_run):
   config, workdir, _ = text_run
-  _, pretrained, _ = loop.restore_params(str(workdir / 'pretrain'))
+  _, pretrained, _ = runs_lib.restore_params(str(workdir / 'pretrain'))
   runs = pipeline_lib.pipeline_runs(config, str(workdir))
-  run = loop.setup(runs['finetune_pretrained'], str(workdir / 'unused'))
+  run = runs_lib.setup(runs['finetune_pretrained'], str(workdir / 'unused'))
   params = run.init_state.params
   assert set(params) == {'encoder', 'head'}
   assert jax.tree.structure(params['encoder']) == jax.tree.structure(pretrained)
@@ -154,8 +156,8 @@ def test_loading_the_pretraining_checkpoint_keeps_the_encoder_bit_identical(text
 def test_linear_probe_leaves_the_encoder_unchanged(image_run, text_run):
   for (_, workdir, _), name, frozen in ((image_run, 'finetune_pretrained_linear_probe', True),
                                         (text_run, 'finetune_pretrained', False)):
-    _, pretrained, _ = loop.restore_params(str(workdir / 'pretrain'))
-    _, params, step = loop.restore_params(str(workdir / name))
+    _, pretrained, _ = runs_lib.restore_params(str(workdir / 'pretrain'))
+    _, params, step = runs_lib.restore_params(str(workdir / name))
     assert step == json.loads((workdir / name / 'summary.json').read_text())['steps']
     same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params['encoder']),
                                                  jax.tree.leaves(pretrained))]
@@ -213,12 +215,12 @@ def test_plain_folder_per_class_gives_labelled_splits(tmp_path):
     folder.mkdir(parents=True)
     for i in range(12):
       (folder / f'{i}.txt').write_text(f'{words[i % 3]} {SYLLABLES[i]} {i}\n')
-  config = config_lib.base_config()
+  config = runs_lib.run_config('gpt', 'classification')
   set_keys(config, {**TINY_GPT, 'data.name': 'text_files/plain', 'objective.name':
                     'classification', 'data.data_dir': str(tmp_path / 'tfds'),
                     'data.manual_dir': str(tmp_path / 'manual'), 'data.eval_split': 'train',
                     'text.vocab_size': 300})
-  task = ClassificationTask(config, str(tmp_path / 'run'), training=True)
+  task = ClassificationTask(config, Context(str(tmp_path / 'run'), training=True))
   assert task.label_names == tuple(TOPIC_WORDS)
   rows = task.rows('train')
   assert rows['tokens'].shape[1] == 32 and set(rows['label']) <= {0, 1, 2}
@@ -235,7 +237,7 @@ def test_stratified_split_holds_out_each_class_and_is_fixed():
 
 
 def test_encoder_learning_rate_multiplier_scales_and_freezes():
-  config = config_lib.base_config().optimizer
+  config = runs_lib.run_config('vae', 'classification').optimizer
   params = {'encoder': {'w': np.ones(3, np.float32)}, 'head': {'w': np.ones(2, np.float32)}}
   grads = jax.tree.map(np.ones_like, params)
   config.name, config.learning_rate = 'sgd', 0.1
@@ -290,7 +292,7 @@ def test_unusable_data_stops_the_pipeline_before_it_writes(tmp_path, capsys):
 
 
 def test_pipeline_derives_its_runs_from_the_pretraining_config():
-  config = pipeline_config()
+  config = pipeline_config(runs_lib.run_config('gpt'))
   set_keys(config.pretrain, {**TINY_GPT, 'model.dropout_rate': 0.1})
   set_keys(config.finetune, {'text.seq_len': 32, 'optimizer.learning_rate': 1e-3,
                              'optimizer.encoder_learning_rate_multiplier': 0.3})

@@ -24,7 +24,7 @@ torch = pytest.importorskip(
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.pytorch_reference import gpt as torch_gpt  # noqa: E402
 from conftest import FLOAT32_MATMUL_PRECISION, float32_torch  # noqa: E402
-from sslm_jax.config import base_config  # noqa: E402
+from sslm_jax.runs import run_config  # noqa: E402
 from sslm_jax.interop import flax_gpt_params_to_torch, torch_gpt_state_dict_to_flax  # noqa: E402
 from sslm_jax.models import GPT  # noqa: E402
 from sslm_jax.objectives import bind_loss  # noqa: E402
@@ -86,9 +86,7 @@ def setup(positions='learned', tie=True, attention='sdpa', seed=0):
 
 
 def causal_lm_objective():
-  config = base_config()
-  config.objective.name = 'causal_lm'
-  return config.objective
+  return run_config('gpt', 'causal_lm').objective
 
 
 @pytest.mark.parametrize('positions,tie', VARIANTS)
@@ -175,7 +173,7 @@ def test_one_adamw_step_with_clipping_matches():
   on the JAX gradients against torch.optim.AdamW after clip_grad_norm_ on PyTorch's."""
   case = gradient_case('learned', True, 'sdpa')
   tmodel, params, grads = case['tmodel'], case['params'], case['jax']['grads_tree']
-  opt_config = base_config().optimizer
+  opt_config = run_config().optimizer
   opt_config.name, opt_config.b2, opt_config.weight_decay = 'adamw', 0.99, 0.1
   opt_config.grad_clip_norm = 0.5  # below the gradient norm, so clipping acts
   tx = optim.make_optimizer(opt_config, total_steps=10)

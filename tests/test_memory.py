@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslm_jax import config as config_lib
-from sslm_jax.config import base_config
+from sslm_jax import runs
 from sslm_jax.models import attention, build_model, transformer
 from sslm_jax.objectives import bind_loss
 from sslm_jax.objectives.lm import Vocab
@@ -17,12 +16,11 @@ def lm_setup(objective='causal_lm', *, vocab=512, length=12, batch=2, chunk=0, r
              layers=1, mlp=64, dropout=0.0, init=True):
   """(loss(params, batch, rng), params, batch) of a tiny GPT (causal_lm) or BERT (mlm); params
   None unless `init`."""
-  c = base_config()
+  c = runs.run_config('gpt' if objective == 'causal_lm' else 'bert', objective)
   m = c.model
-  m.name = 'gpt' if objective == 'causal_lm' else 'bert'
   m.num_layers, m.num_heads, m.embed_dim, m.mlp_dim, m.max_len = layers, 2, 32, mlp, length
   m.dropout_rate, m.remat = dropout, remat
-  c.objective.name, c.objective.logits_chunk_size = objective, chunk
+  c.objective.logits_chunk_size = chunk
   model = build_model(m, vocab_size=vocab)
   loss = bind_loss(model, c.objective, vocab=Vocab(size=vocab, pad_id=0, bos_id=1, eos_id=2,
                                                    mask_id=3, first_normal_id=4))
@@ -60,9 +58,18 @@ def assert_same(a, b, what):
 
 
 def test_config_choices_are_the_models():
-  """config.py keeps jax-free copies of the choices; they are the models' own."""
-  assert config_lib.ATTENTION_IMPLS == attention.ATTENTION_IMPLS
-  assert config_lib.REMATS == transformer.REMATS
+  """The config's choices are the models' own: each is accepted, and a wrong one is refused
+  naming exactly them."""
+  c = runs.run_config('gpt')
+  for key, choices in (('attention_impl', attention.ATTENTION_IMPLS),
+                       ('remat', transformer.REMATS)):
+    for choice in choices:
+      if choice != 'cudnn':  # needs a GPU; its refusal elsewhere is tested in test_attention.py
+        c.model[key] = choice
+        assert not runs.problems(c), (key, choice)
+    c.model[key] = 'nope'
+    assert f"allowed: {', '.join(map(repr, choices))}" in '\n'.join(runs.problems(c))
+    c.model[key] = choices[0]
   for name in transformer.REMAT_POLICIES:
     assert callable(getattr(jax.checkpoint_policies, name)), name
 
@@ -106,9 +113,9 @@ def test_remat_choices_build_and_are_checked():
   with pytest.raises(ValueError, match='remat must be one of'):
     transformer.GPT(vocab_size=8, num_layers=1, num_heads=1, embed_dim=8, mlp_dim=8, max_len=4,
                     remat='sometimes').init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-  c = base_config()
+  c = runs.run_config('gpt')
   c.model.remat, c.objective.logits_chunk_size = 'sometimes', -1
-  problems = '\n'.join(config_lib.problems(c))
+  problems = '\n'.join(runs.problems(c))
   assert "model.remat='sometimes' is invalid" in problems and 'nothing_saveable' in problems
   assert 'objective.logits_chunk_size=-1 is invalid' in problems
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslm_jax.config import base_config
+from sslm_jax.runs import run_config
 from sslm_jax.models import build_model
 from sslm_jax.models.conv_vae import AutoEncoder, Decoder, Encoder, VAE, reparameterize
 
@@ -48,7 +48,7 @@ def seed_parameter_count(latent=32):
 
 
 def test_seed_parameter_count():
-  model = build_model(base_config().model)
+  model = build_model(run_config().model)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)), jax.random.PRNGKey(1))
   assert count(params) == seed_parameter_count() == 2_101_633
 

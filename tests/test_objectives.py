@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslm_jax.config import base_config
+from sslm_jax.runs import run_config
 from sslm_jax.objectives import bind_loss, vae
 
 
@@ -27,7 +27,7 @@ def test_seed_objective_by_hand():
   mu, logvar = rng.normal(size=(4, 5)), rng.normal(size=(4, 5))
   # The seed's loss with sigma read as the log-variance (seed-reference.md rows 6-7).
   expected = np.mean((recon - x) ** 2) + 1e-4 * np.mean(mu ** 2 + np.exp(logvar) - 1 - logvar)
-  config = base_config().objective
+  config = run_config().objective
   outputs = {'recon': recon, 'logits': np.arctanh(recon), 'mean': mu, 'logvar': logvar}
   stats = vae.per_example(outputs, jnp.asarray(x), config)
   assert float(jnp.mean(stats['objective'])) == pytest.approx(expected, rel=1e-5)
@@ -57,7 +57,7 @@ def test_gaussian_nll_by_hand():
 
 
 def test_elbo_objective_is_nll_plus_beta_kl():
-  config = base_config().objective
+  config = run_config().objective
   with config.unlocked():
     config.name, config.beta = 'elbo', 0.5
   rng = np.random.default_rng(1)
@@ -72,7 +72,7 @@ def test_elbo_objective_is_nll_plus_beta_kl():
 
 def test_bound_loss_is_differentiable_batch_mean():
   from sslm_jax.models import build_model
-  config = base_config()
+  config = run_config()
   model = build_model(config.model)
   x = jax.random.uniform(jax.random.PRNGKey(0), (4, 32, 32, 1), minval=-1, maxval=1)
   params = jax.jit(model.init)(jax.random.PRNGKey(1), x, jax.random.PRNGKey(2))['params']

@@ -15,9 +15,10 @@ import pytest
 from jax import lax
 
 from conftest import config_with
-from sslm_jax.config import ConfigError, validate
+from sslm_jax.config import ConfigError
 from sslm_jax.kernels import onednn_conv
 from sslm_jax.models import VAE
+from sslm_jax.runs import validate
 
 needs_kernels = pytest.mark.skipif(onednn_conv.unavailable_reason() is not None,
                                    reason=str(onednn_conv.unavailable_reason()))

@@ -172,19 +172,22 @@ def test_check_batch_names_what_divides():
     parallel.check_batch(0, 8)
 
 
-def test_step_and_mode_must_agree(vae):
+def test_step_and_mode_must_agree(vae, monkeypatch):
+  # Each strategy makes its own step: pmap's averages over the replicas' axis, jit's over none
+  # (sharding decides its all-reduce). (Before, a step made for the other mode was an error.)
   loss_fn, tx, state = vae
-  with pytest.raises(parallel.ParallelError, match="mode='pmap' needs a step made with"):
-    parallel.compile_train_step(make_train_step(loss_fn, tx), mode='pmap')
-  with pytest.raises(parallel.ParallelError, match="mode='jit' needs a step made with"):
-    parallel.compile_train_step(make_train_step(loss_fn, tx, axis_name=parallel.AXIS),
-                                state_example=state)
+  made = []
+  monkeypatch.setattr(parallel.step_lib, 'make_train_step',
+                      lambda *a, **k: made.append(k['axis_name']) or make_train_step(*a, **k))
+  parallel.compile_train_step(loss_fn, tx, mode='pmap')
+  parallel.compile_train_step(loss_fn, tx, state_example=state)
+  assert made == [parallel.AXIS, None]
+  monkeypatch.undo()
   with pytest.raises(parallel.ParallelError, match='needs state_example'):
-    parallel.compile_train_step(make_train_step(loss_fn, tx))
+    parallel.compile_train_step(loss_fn, tx)
   with pytest.raises(parallel.ParallelError, match="mode='shard'; allowed: 'jit', 'pmap'"):
-    parallel.compile_train_step(make_train_step(loss_fn, tx), mode='shard', state_example=state)
-  ps = parallel.compile_train_step(make_train_step(loss_fn, tx, grad_accum_steps=2),
-                                   state_example=state)
+    parallel.compile_train_step(loss_fn, tx, mode='shard', state_example=state)
+  ps = parallel.compile_train_step(loss_fn, tx, grad_accum_steps=2, state_example=state)
   with pytest.raises(parallel.ParallelError, match='a multiple of 2'):
     ps.place_batch(worker.batch(0, rows=3))
 

@@ -17,6 +17,7 @@ import pytest
 
 from conftest import tiny_config
 from sslm_jax import config as config_lib
+from sslm_jax import runs
 from sslm_jax.train import loop
 from parallel_worker import LAYOUT_SETTINGS
 from test_language import text_config
@@ -44,10 +45,10 @@ def one_device(idx_dataset, tmp_path_factory):
 
 WORKER = '''
 import json, sys
-from sslm_jax import config as config_lib
+from sslm_jax import runs
 from sslm_jax.train import loop
 for name, (config_json, workdir) in json.loads(sys.argv[1]).items():
-  summary = loop.train_and_evaluate(config_lib.from_json(config_json), workdir)
+  summary = loop.train_and_evaluate(runs.from_json(config_json), workdir)
   print('SUMMARY', name, json.dumps(summary))
 '''
 
@@ -94,7 +95,7 @@ def test_loop_on_four_devices_matches_one_device(idx_dataset, corpus, one_device
       assert four[name][key] == pytest.approx(reference[key], rel=RTOL), (name, key)
   # The checkpoints are ordinary: a single-device eval restores the 4-device runs.
   for name in RUNS:
-    run, params, step = loop.restore_params(str(tmp_path / name))
+    run, params, step = runs.restore_params(str(tmp_path / name))
     assert step == 8
     assert run.task.evaluate(params, 'test')['mse'] == pytest.approx(four[name]['test_mse'],
                                                                     rel=RTOL)
@@ -108,9 +109,9 @@ def free_port() -> int:
 
 PROCESS_WORKER = '''
 import json, sys
-from sslm_jax import config as config_lib
+from sslm_jax import runs
 from sslm_jax.train import loop
-summary = loop.train_and_evaluate(config_lib.from_json(sys.argv[1]), sys.argv[2])
+summary = loop.train_and_evaluate(runs.from_json(sys.argv[1]), sys.argv[2])
 print('SUMMARY', json.dumps(summary))
 '''
 
@@ -173,6 +174,6 @@ def test_loop_on_two_processes_matches_one_device_and_resumes(idx_dataset, one_d
     assert json.load(f)['steps'] == 8
   assert sorted(p.name for p in (tmp_path / 'two').iterdir()) == \
       sorted(os.listdir(one_dir))
-  run, params, step = loop.restore_params(workdir)
+  run, params, step = runs.restore_params(workdir)
   assert step == 8
   assert run.task.evaluate(params, 'test')['mse'] == pytest.approx(resumed['test_mse'], rel=RTOL)

@@ -22,7 +22,7 @@ torch = pytest.importorskip(
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import config_with, float32_torch  # noqa: E402
 from benchmarks.pytorch_reference import model as torch_ref  # noqa: E402
-from sslm_jax.config import base_config  # noqa: E402
+from sslm_jax.runs import run_config  # noqa: E402
 from sslm_jax.kernels import onednn_conv  # noqa: E402
 from sslm_jax.interop import (  # noqa: E402
     flax_to_torch_state_dict, load_params_npz, save_params_npz, torch_state_dict_to_flax)
@@ -62,7 +62,7 @@ def nchw_to_nhwc(t) -> np.ndarray:
 
 
 def jax_model(impl: str, **widths):
-  config = base_config()
+  config = run_config()
   if impl in ('onednn', 'auto'):  # 'auto': the library's default, whichever it is here
     if impl == 'onednn' and onednn_conv.unavailable_reason():
       pytest.skip(onednn_conv.unavailable_reason())
@@ -162,7 +162,7 @@ def test_one_adam_step_of_the_library_train_step_matches(torch_setup, impl):
   """The library's train step (loss with its own noise, optax Adam) against torch.optim.Adam."""
   model, images, _ = torch_setup
   jmodel, objective = jax_model(impl)
-  config = base_config()
+  config = run_config()
   tx = optim.make_optimizer(config.optimizer, total_steps=10)  # Adam, lr 1e-3, constant
   params = jax.tree.map(jnp.asarray, torch_state_dict_to_flax(model.state_dict()))
   state = create_train_state(params, tx, jax.random.key(3))

@@ -41,10 +41,11 @@ def streamed_config(corpus, token_dir, **extra):
 
 def test_token_shards_hold_the_memory_rows_and_survive_an_interruption(corpus, token_dir,
                                                                         tmp_path, monkeypatch):
+  from sslm_jax.tasks import Context
   from sslm_jax.tasks.language import LanguageTask
   tokenizer = os.path.join(token_dir, 'tokenizer.model')
   config = text_config(corpus, **{'text.tokenizer_path': tokenizer})
-  memory = LanguageTask(config, str(tmp_path / 'memory'), training=True)
+  memory = LanguageTask(config, Context(str(tmp_path / 'memory'), training=True))
   manifest = shards.read_manifest(token_dir)
   assert len(manifest['splits']['train']['shards']) > 2
   for split in SPLITS:  # the same rows, in the same order, as the memory path tokenizes
@@ -227,7 +228,7 @@ def test_streamed_gpt_trains_and_never_waits_for_the_newest_step_between_log_ste
   config = streamed_config(corpus, token_dir, **{
       'train.num_steps': 12, 'train.log_every_steps': 4, 'train.checkpoint_every_steps': 6,
       'train.eval_every_steps': 12, 'data.test_split': ''})
-  make_train_step, step, block = (loop.step_lib.make_train_step, parallel.ParallelStep.step,
+  make_train_step, step, block = (parallel.step_lib.make_train_step, parallel.Strategy.step,
                                   jax.block_until_ready)
   dispatched, previous_ready, waited_for = [], [], []
 
@@ -248,9 +249,9 @@ def test_streamed_gpt_trains_and_never_waits_for_the_newest_step_between_log_ste
     waited_for.append((len(dispatched), next((i + 1 for i, m in enumerate(dispatched)
                                               if m is x), None)))
     return block(x)
-  monkeypatch.setattr(loop.step_lib, 'make_train_step',
+  monkeypatch.setattr(parallel.step_lib, 'make_train_step',
                       lambda loss_fn, *a, **k: make_train_step(slow_loss(loss_fn), *a, **k))
-  monkeypatch.setattr(parallel.ParallelStep, 'step', counting_step)
+  monkeypatch.setattr(parallel.Strategy, 'step', counting_step)
   monkeypatch.setattr(jax, 'block_until_ready', counting_block)
   summary = loop.train_and_evaluate(config, str(tmp_path))
   monkeypatch.undo()

@@ -12,7 +12,9 @@ import pytest
 
 from conftest import SYLLABLES, config_with
 from sslm_jax import cli
-from sslm_jax.config import ConfigError, base_config, validate
+from sslm_jax import runs
+from sslm_jax.config import ConfigError
+from sslm_jax.runs import run_config, validate
 from sslm_jax.eval import text_vae as tv_eval
 from sslm_jax.models import GPT, build_classifier
 from sslm_jax.models.conv_vae import reparameterize
@@ -211,7 +213,7 @@ def test_active_units_and_mutual_information():
 
 
 def test_decoder_without_latent_is_a_gpt_and_latent_means_feed_a_classifier(params):
-  lm_model = tiny_model(conditioning='none')
+  lm_model = tiny_model(latent_conditioning='none')
   gpt = GPT(VOCAB.size, 1, 2, 8, 16, 8)
   gpt_params = jax.jit(gpt.init)(jax.random.PRNGKey(0), jnp.asarray(TOKENS))['params']
   lm_params = jax.eval_shape(lm_model.init, jax.random.PRNGKey(0), TOKENS,
@@ -249,8 +251,7 @@ def test_generation_from_a_latent_is_the_same_with_and_without_the_cache(params)
 
 
 def test_text_vae_config_errors_name_the_key():
-  config = base_config()
-  config.model.name, config.objective.name = 'text_vae', 'text_vae'
+  config = run_config('text_vae', 'text_vae')
   config.text_vae.kl_schedule = 'linear'  # without a warm-up length
   config.text_vae.free_bits, config.text_vae.target_kl = 0.5, 2.0
   config.model.latent_conditioning = 'sideways'
@@ -259,8 +260,8 @@ def test_text_vae_config_errors_name_the_key():
   for text in ('text_vae.kl_warmup_steps=0 is invalid', 'text_vae.target_kl=2.0 is invalid',
                "model.latent_conditioning='sideways' is invalid; allowed: 'embedding'"):
     assert text in str(e.value)
-  config = base_config()
-  config.model.name, config.objective.name = 'text_vae', 'causal_lm'
+  config = run_config('text_vae', 'text_vae')
+  config.objective.name = 'causal_lm'
   with pytest.raises(ConfigError, match="objective.name='causal_lm' is invalid"):
     validate(config)
 
@@ -349,7 +350,7 @@ def test_tiny_run_trains_and_reports_bounds_beside_the_lm(vae_run, lm_run):
 @pytest.fixture(scope='module')
 def restored(vae_run):
   """(run, params) of the tiny VAE's last checkpoint."""
-  run, params, _ = loop.restore_params(str(vae_run[0]))
+  run, params, _ = runs.restore_params(str(vae_run[0]))
   return run, params
 
 
@@ -387,7 +388,7 @@ def test_encoder_warm_start_loads_the_encoder_only(vae_run, restored, sentence_c
   source_params = restored[1]
   config = vae_config(sentence_corpus, **{'text_vae.encoder_init_from': str(source),
                                           'text.tokenizer_path': str(source / 'tokenizer.model')})
-  params = loop.setup(config, str(tmp_path)).init_state.params
+  params = runs.setup(config, str(tmp_path)).init_state.params
   same = jax.tree.map(np.array_equal, params['encoder'], source_params['encoder'])
   assert all(jax.tree.leaves(same))
   assert not np.array_equal(params['decoder']['embed']['embedding'],

@@ -9,10 +9,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import tiny_config
-from sslm_jax.config import base_config
+from sslm_jax.runs import run_config
 from sslm_jax.kernels import onednn_conv
 from sslm_jax.models import build_model
 from sslm_jax.objectives import bind_loss
+from sslm_jax.runs import setup
 from sslm_jax.train import loop, optim
 from sslm_jax.train.checkpoint import CheckpointError, Checkpointer
 from sslm_jax.train.state import create_train_state
@@ -66,7 +67,7 @@ def test_every_optimizer_takes_a_step(name, schedule, clip):
 
 
 def test_schedules_have_the_documented_shape():
-  c = base_config().optimizer
+  c = run_config().optimizer
   c.schedule, c.warmup_steps = 'warmup_cosine', 10
   lr = optim.learning_rate_schedule(c, 100)
   assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(1e-3)
@@ -102,7 +103,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     config.optimizer.learning_rate = 1e30  # Adam moves every weight by ~lr: overflow
     with pytest.raises(loop.NonFiniteLossError, match='loss is (nan|inf)'):
       loop.train_and_evaluate(config, str(tmp_path))
-    run_state = loop.setup(config, str(tmp_path), training=False).init_state
+    run_state = setup(config, str(tmp_path), training=False).init_state
   ckpt = Checkpointer(str(tmp_path), read_only=True)
   steps = ckpt.steps()
   assert 60 in steps
@@ -135,7 +136,7 @@ def test_eval_means_do_not_depend_on_the_batch_size():
   model = build_model(config.model)
   images = np.random.default_rng(0).integers(0, 256, (100, 28, 28, 1)).astype(np.uint8)
   split = ImageSplit(images, np.zeros(100, np.int64), 10)
-  params = loop.setup(config, '', training=False).init_state.params
+  params = setup(config, '', training=False).init_state.params
   means = [evaluate(params, split, model=model, objective_config=config.objective,
                     input_size=32, batch_size=b, rng=jax.random.PRNGKey(0)) for b in (64, 100, 7)]
   for other in means[1:]:

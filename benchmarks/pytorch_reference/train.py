@@ -27,11 +27,10 @@ import numpy as np
 import torch
 
 from benchmarks.pytorch_reference.model import VAE, gaussian_kl, seed_kl_term, seed_loss
-from sslm_jax.config import base_config
+from sslm_jax import runs
 from sslm_jax.data import images as image_data
 from sslm_jax.interop import flax_to_torch_state_dict, load_params_npz
-from sslm_jax.tasks import images as images_task
-from sslm_jax.train import loop
+from sslm_jax.tasks import base as task_base
 
 
 def parse_args(argv=None):
@@ -57,9 +56,9 @@ def parse_args(argv=None):
 
 def jax_initial_state(seed: int):
   """The train state (params, rng) an sslm_jax run of the seed model starts from for `seed`."""
-  config = base_config()
+  config = runs.run_config('vae', 'seed')
   config.seed = seed
-  return loop.setup(config, '', training=False).init_state
+  return runs.setup(config, '', training=False).init_state
 
 
 class JaxNoise:
@@ -67,12 +66,12 @@ class JaxNoise:
 
   Train step s draws from `fold_in(state.rng, s)` (sslm_jax.train.step); evaluation batch i from
   `fold_in(fold_in(PRNGKey(seed), EVAL_STREAM), i)` over batches padded to the eval batch size
-  (sslm_jax.tasks.images, sslm_jax.eval.autoencoder).
+  (sslm_jax.tasks.base.eval_key, sslm_jax.eval.autoencoder).
   """
 
   def __init__(self, seed: int, train_rng: jax.Array, latent_dim: int):
     self.train_rng = train_rng  # the run's `state.rng` (jax_initial_state)
-    self.eval_rng = jax.random.fold_in(jax.random.PRNGKey(seed), images_task.EVAL_STREAM)
+    self.eval_rng = task_base.eval_key(seed)
     self.latent_dim = latent_dim
 
   def _draw(self, key, rows: int) -> torch.Tensor:

@@ -33,6 +33,7 @@ import numpy as np
 
 from sslm_jax.data.tfds_utils import DataError
 
+PIPELINES = ('memory', 'grain')  # data.pipeline: splits held in host memory, or streamed
 ORDERS = ('permutation', 'index_shuffle')
 DEVICE_PREFETCH = 2  # batches placed on the devices ahead of the step
 

@@ -8,13 +8,45 @@ The regularization C is the value of `c_values` with the best macro-F1 on the va
 (never the test split); the test split is predicted once, by that model.
 """
 
+import dataclasses
+import importlib.util
 import time
 
 import numpy as np
 
+from sslm_jax.config import Checker, Section
 from sslm_jax.eval import metrics as metrics_lib
 
 INSTALL_HINT = "pip install 'sslm-jax[baselines]' (scikit-learn), or set baseline.name='none'"
+BASELINES = ('auto', 'none')  # auto: TF-IDF + LinearSVC for text, logistic regression on pixels
+
+
+def _installed(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except (ImportError, ValueError):  # e.g. sys.modules[module] is None
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineConfig(Section):
+  """A pipeline's `baseline` section."""
+  name: str = 'auto'              # 'auto' (needs scikit-learn) or 'none'
+  c_values: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)  # inverse regularization strengths,
+                                                      # chosen on validation
+  max_iter: int = 200             # logistic regression iterations (images)
+  ngram_max: int = 2              # TF-IDF word n-grams 1..ngram_max (text)
+
+  def check(self, c: Checker) -> None:
+    if c.choice('name', BASELINES) and self.name != 'none':
+      c.check(_installed('sklearn'), 'name',
+              "'auto' only with scikit-learn, which is not installed: it needs scikit-learn: "
+              "pip install 'sslm-jax[baselines]', or set baseline.name='none'")
+    c.check(isinstance(self.c_values, (tuple, list)) and len(self.c_values) > 0 and
+            all(isinstance(v, float) and v > 0 for v in self.c_values), 'c_values',
+            'a non-empty tuple of floats > 0')
+    c.integer('max_iter')
+    c.integer('ngram_max')
 
 
 def describe(is_text: bool, ngram_max: int = 2) -> str:

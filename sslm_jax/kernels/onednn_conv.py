@@ -22,6 +22,7 @@ sharding rule, and GPUs and TPUs have their own fast convolutions.
 """
 
 import ctypes
+import dataclasses
 import functools
 import os
 import subprocess
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslm_jax.config import CONV_IMPLS
+CONV_IMPLS = ('auto', 'xla', 'onednn')  # a model's model.conv_impl
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'onednn_conv.cc')
 LIBRARY = os.path.join(os.path.dirname(SOURCE), '_onednn_conv.so')
 _TARGETS = {'forward': 'SslmOnednnConvForward', 'backward_data': 'SslmOnednnConvBackwardData',
@@ -67,24 +68,48 @@ def unavailable_reason() -> str | None:
   return _load()
 
 
-def resolve(impl: str, dtype=jnp.float32) -> str:
-  """'onednn' or 'xla' for a `conv_impl` setting; 'onednn' when oneDNN cannot run is an error."""
-  if impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl={impl!r}; allowed: {CONV_IMPLS}')
-  if impl == 'xla':
-    return 'xla'
-  reason = _load()
+@dataclasses.dataclass(frozen=True)
+class ConvChoice:
+  """Who computes a model's convolutions ('onednn' or 'xla') and why."""
+  impl: str
+  reason: str
+
+
+def cannot_run(dtype=jnp.float32) -> str | None:
+  """Why the oneDNN kernels cannot run a model's convolutions here; None when they can."""
+  reason = unavailable_reason()
   if reason is None and jax.default_backend() != 'cpu':
     reason = f'the default backend is {jax.default_backend()}, not cpu'
   if reason is None and jax.device_count() != 1:
     reason = f'{jax.device_count()} devices: the oneDNN calls have no sharding rule'
   if reason is None and jnp.dtype(dtype) != jnp.float32:
     reason = f'compute dtype {jnp.dtype(dtype).name}: the oneDNN kernels are float32'
-  if reason is None:
-    return 'onednn'
-  if impl == 'onednn':
-    raise ValueError(f"conv_impl='onednn' cannot run here: {reason}; use 'auto' or 'xla'")
-  return 'xla'
+  return reason
+
+
+def choose(requested: str, dtype=jnp.float32) -> ConvChoice:
+  """The one decision of who computes a model's convolutions (`model.conv_impl`), and why.
+
+  'xla' is taken as asked; 'onednn' must be possible (else ValueError naming why); 'auto' takes
+  oneDNN on a single CPU device for float32 when the kernels are built, and XLA's otherwise.
+  """
+  if requested not in CONV_IMPLS:
+    raise ValueError(f'conv_impl={requested!r}; allowed: {CONV_IMPLS}')
+  if requested == 'xla':
+    return ConvChoice('xla', 'as configured')
+  reason = cannot_run(dtype)
+  if requested == 'onednn':
+    if reason is not None:
+      raise ValueError(f"conv_impl='onednn' cannot run here: {reason}; use 'auto' or 'xla'")
+    return ConvChoice('onednn', 'as configured')
+  if reason is not None:
+    return ConvChoice('xla', f"auto: XLA's convolutions: {reason}")
+  return ConvChoice('onednn', 'auto: oneDNN kernels (one CPU device, float32)')
+
+
+def resolve(impl: str, dtype=jnp.float32) -> str:
+  """'onednn' or 'xla' for a `conv_impl` setting (`choose`'s impl)."""
+  return choose(impl, dtype).impl
 
 
 def _call(name: str, shape, *args, stride: int, pad: int) -> jax.Array:

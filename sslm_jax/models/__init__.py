@@ -1,70 +1,44 @@
-"""Flax Linen modules only: no losses, no optimizers."""
+"""Flax Linen modules only: no losses, no optimizers.
 
-import logging
+`MODELS` lists the model families, one line each: `model.name` -> the family's `model` section
+(a `sslm_jax.models.family.ModelConfig` in the family's own file), which holds its keys and
+their rules and builds its module.
+"""
 
-import jax.numpy as jnp
+from sslm_jax.models import conv_vae, heads, text_vae, transformer
+from sslm_jax.models.conv_vae import VAE, AutoEncoder, reparameterize  # noqa: F401
+from sslm_jax.models.family import ModelConfig
+from sslm_jax.models.transformer import GPT, BertEncoder  # noqa: F401
 
-from sslm_jax.models.conv_vae import AutoEncoder, VAE, reparameterize  # noqa: F401
-from sslm_jax.models.transformer import BertEncoder, GPT  # noqa: F401
-
-
-def attention_choice(config):
-  """The attention a text model of this `model` config section runs, and why
-  (`sslm_jax.models.attention.choose_attention`, on the default device)."""
-  from sslm_jax.models.attention import choose_attention
-  return choose_attention(config.attention_impl, dtype=jnp.dtype(config.dtype),
-                          head_dim=config.embed_dim // config.num_heads,
-                          dropout_rate=config.attention_dropout_rate)
-
-
-def attention_facts(config) -> dict:
-  """{'attention_impl', 'attention_impl_reason'} of a text model's config, for summary.json."""
-  choice = attention_choice(config)
-  return {'attention_impl': choice.impl, 'attention_impl_reason': choice.reason}
+MODELS: dict[str, type[ModelConfig]] = {
+    'vae': conv_vae.VAEConfig,
+    'ae': conv_vae.AEConfig,
+    'gpt': transformer.GPTConfig,
+    'bert': transformer.BertConfig,
+    'text_vae': text_vae.TextVAEConfig,
+}
 
 
-def build_model(config, vocab_size: int = 0):
+def family(section) -> ModelConfig:
+  """The `model` config section (a ConfigDict with `name`) as its family's dataclass."""
+  if section.name not in MODELS:
+    raise ValueError(f'model.name={section.name!r}; allowed: {tuple(MODELS)}')
+  return MODELS[section.name].of(section)
+
+
+def build_model(section, vocab_size: int = 0):
   """The module a `model` config section describes (`vocab_size`: the tokenizer's, for text)."""
-  dtype = jnp.dtype(config.dtype)
-  if config.name in ('text_vae', 'gpt', 'bert'):
-    choice = attention_choice(config)
-    logging.getLogger(__name__).info('attention: %s (model.attention_impl=%r: %s)', choice.impl,
-                                     config.attention_impl, choice.reason)
-    text = dict(attention_impl=choice.impl, remat=config.remat)
-  if config.name == 'text_vae':
-    from sslm_jax.models.text_vae import TextVAE
-    return TextVAE(vocab_size=vocab_size, latent_dim=config.latent_dim,
-                   num_layers=config.num_layers, num_heads=config.num_heads,
-                   embed_dim=config.embed_dim, mlp_dim=config.mlp_dim, max_len=config.max_len,
-                   encoder_type=config.encoder_type, encoder_layers=config.encoder_layers,
-                   conditioning=config.latent_conditioning,
-                   prefix_len=config.latent_prefix_len, dropout_rate=config.dropout_rate,
-                   attention_dropout_rate=config.attention_dropout_rate,
-                   positions=config.positions, tie_embeddings=config.tie_embeddings, dtype=dtype,
-                   **text)
-  if config.name in ('gpt', 'bert'):
-    cls = GPT if config.name == 'gpt' else BertEncoder
-    return cls(vocab_size=vocab_size, num_layers=config.num_layers, num_heads=config.num_heads,
-               embed_dim=config.embed_dim, mlp_dim=config.mlp_dim, max_len=config.max_len,
-               dropout_rate=config.dropout_rate,
-               attention_dropout_rate=config.attention_dropout_rate,
-               positions=config.positions, tie_embeddings=config.tie_embeddings, dtype=dtype,
-               **text)
-  cls = {'vae': VAE, 'ae': AutoEncoder}[config.name]
-  return cls(latent_dim=config.latent_dim, input_size=config.input_size,
-             channels=config.channels, encoder_features=tuple(config.encoder_features),
-             encoder_out_features=config.encoder_out_features,
-             decoder_hidden=tuple(config.decoder_hidden),
-             decoder_base_features=config.decoder_base_features,
-             decoder_features=tuple(config.decoder_features),
-             conv_transpose_impl=config.conv_transpose_impl, conv_impl=config.conv_impl,
-             dtype=dtype)
+  return family(section).build(vocab_size)
+
+
+def backend_facts(section) -> dict:
+  """What computes the model's heavy operations, and why, for summary.json."""
+  return family(section).backend_facts()
 
 
 def build_classifier(encoder, *, num_classes: int, pooling: str = 'mean',
                      dropout_rate: float = 0.0, freeze_encoder: bool = False):
   """A linear classifier on `encoder` (a module `build_model` made): `sslm_jax.models.heads`."""
-  from sslm_jax.models import heads
   if isinstance(encoder, (GPT, BertEncoder)):
     return heads.TextClassifier(encoder, num_classes, dropout_rate, freeze_encoder,
                                 pooling=pooling)

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sslm_jax.config import CONV_TRANSPOSE_IMPLS
 from sslm_jax.kernels import onednn_conv
+
+CONV_TRANSPOSE_IMPLS = ('col2im', 'xla')  # XLA formulations (a model's conv_transpose_impl)
 
 
 def _conv_transpose_col2im(x: jax.Array, kernel: jax.Array) -> jax.Array:

@@ -7,7 +7,7 @@ attention, mean-pooled over real tokens) or a bidirectional GRU (final states at
 end); a dense layer gives the posterior mean and log-variance.
 
 The decoder is GPT's stack (`transformer._Transformer`: same parameter names, so with
-conditioning 'none' it is exactly a `GPT` and is the causal-LM baseline). It sees z through
+latent_conditioning 'none' it is exactly a `GPT` and is the causal-LM baseline). It sees z through
 `latent_conditioning`:
 
 - 'embedding': a projection of z added to every input embedding, so every position has a direct
@@ -21,18 +21,23 @@ The prefix vectors take attention positions (and rotary positions) 0..P-1 before
 learned position embeddings count tokens only, so a 'none' decoder and a `GPT` agree.
 `generate_from_latent` decodes with GPT's key/value cache: the prefix goes in with the prompt,
 then one token per step, each with z's embedding added.
+
+`TextVAEConfig` is the family's `model` section: the Transformer keys size the decoder (and the
+encoder's width), `latent_dim` the posterior.
 """
 
+import dataclasses
 import functools
-from typing import Optional
+from typing import ClassVar, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sslm_jax.config import Checker
 from sslm_jax.models.conv_vae import reparameterize
 from sslm_jax.models.generate import decode_tokens, filter_logits
-from sslm_jax.models.transformer import _Transformer
+from sslm_jax.models.transformer import TransformerConfig, _Transformer
 
 CONDITIONINGS = ('embedding', 'prefix', 'both', 'none')
 ENCODERS = ('transformer', 'gru')
@@ -113,19 +118,20 @@ class LatentDecoder(_Transformer):
   `prefix=False` leaves the prefix out: decode-mode calls after the first (the prefix is in the
   cache already).
   """
-  conditioning: str = 'both'
-  prefix_len: int = 1
+  latent_conditioning: str = 'both'
+  latent_prefix_len: int = 1
   decode: bool = False
 
   def setup(self):
-    if self.conditioning not in CONDITIONINGS:
-      raise ValueError(f'conditioning={self.conditioning!r}; allowed: {CONDITIONINGS}')
+    if self.latent_conditioning not in CONDITIONINGS:
+      raise ValueError(f'latent_conditioning={self.latent_conditioning!r}; allowed: '
+                       f'{CONDITIONINGS}')
     self._build(self.decode)
-    if self.conditioning in ('embedding', 'both'):
+    if self.latent_conditioning in ('embedding', 'both'):
       self.latent_to_embedding = nn.Dense(self.embed_dim, dtype=self.dtype,
                                           kernel_init=_LATENT_INIT)
-    if self.conditioning in ('prefix', 'both'):
-      self.latent_to_prefix = nn.Dense(self.prefix_len * self.embed_dim, dtype=self.dtype,
+    if self.latent_conditioning in ('prefix', 'both'):
+      self.latent_to_prefix = nn.Dense(self.latent_prefix_len * self.embed_dim, dtype=self.dtype,
                                        kernel_init=_LATENT_INIT)
 
   def __call__(self, tokens, z: Optional[jax.Array], *, deterministic: bool = True,
@@ -134,20 +140,21 @@ class LatentDecoder(_Transformer):
       raise ValueError(f'tokens must be (batch, length); got shape {tokens.shape}')
     if tokens.shape[1] > self.max_len:
       raise ValueError(f'sequence length {tokens.shape[1]} exceeds max_len {self.max_len}')
-    if self.conditioning != 'none' and (z is None or z.ndim != 2 or
+    if self.latent_conditioning != 'none' and (z is None or z.ndim != 2 or
                                         z.shape[0] != tokens.shape[0]):
       raise ValueError(f'z must be (batch, latent_dim) for batch {tokens.shape[0]}; got '
                        f'{None if z is None else z.shape}')
     x = self.embed(tokens)
     if self.positions == 'learned':
       x = x + self.position_embed(tokens.shape[1])[None]
-    if self.conditioning in ('embedding', 'both'):
+    if self.latent_conditioning in ('embedding', 'both'):
       x = x + self.latent_to_embedding(z)[:, None, :]
     num_prefix = 0
-    if self.conditioning in ('prefix', 'both') and prefix:
-      memory = self.latent_to_prefix(z).reshape(z.shape[0], self.prefix_len, self.embed_dim)
+    if self.latent_conditioning in ('prefix', 'both') and prefix:
+      memory = self.latent_to_prefix(z).reshape(z.shape[0], self.latent_prefix_len,
+                                                self.embed_dim)
       x = jnp.concatenate([memory.astype(x.dtype), x], axis=1)
-      num_prefix = self.prefix_len
+      num_prefix = self.latent_prefix_len
     x = self.embed_dropout(x, deterministic=deterministic)
     for block in self.blocks:
       x = block(x, None, True, deterministic)  # positional: see TransformerBlock
@@ -165,8 +172,8 @@ class TextVAE(nn.Module):
   max_len: int
   encoder_type: str = 'transformer'
   encoder_layers: int = 2
-  conditioning: str = 'both'
-  prefix_len: int = 1
+  latent_conditioning: str = 'both'
+  latent_prefix_len: int = 1
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   positions: str = 'learned'
@@ -177,7 +184,7 @@ class TextVAE(nn.Module):
   remat: str = 'none'
 
   def setup(self):
-    if self.conditioning != 'none':
+    if self.latent_conditioning != 'none':
       self.encoder = PosteriorEncoder(
           self.vocab_size, self.latent_dim, self.encoder_type, self.encoder_layers,
           self.num_heads, self.embed_dim, self.mlp_dim, self.max_len, self.dropout_rate,
@@ -192,15 +199,15 @@ class TextVAE(nn.Module):
                          self.mlp_dim, self.max_len, self.dropout_rate,
                          self.attention_dropout_rate, self.positions, self.tie_embeddings,
                          self.dtype, self.attention_impl, self.remat,
-                         conditioning=self.conditioning, prefix_len=self.prefix_len,
-                         decode=decode)
+                         latent_conditioning=self.latent_conditioning,
+                         latent_prefix_len=self.latent_prefix_len, decode=decode)
 
   def encode(self, tokens, mask=None, *, deterministic: bool = True):
     """(mean, logvar) of q(z | x), (batch, latent_dim) float32; `mask` defaults to tokens !=
     pad_id. Without conditioning the posterior is the prior N(0, I)."""
     if mask is None:
       mask = tokens != self.pad_id
-    if self.conditioning == 'none':
+    if self.latent_conditioning == 'none':
       zeros = jnp.zeros((tokens.shape[0], self.latent_dim), jnp.float32)
       return zeros, zeros
     return self.encoder(tokens, mask.astype(bool), deterministic=deterministic)
@@ -259,3 +266,24 @@ def interpolate(a: jax.Array, b: jax.Array, steps: int) -> jax.Array:
     raise ValueError(f'steps={steps}; allowed: an integer >= 2 (the two endpoints included)')
   t = jnp.linspace(0.0, 1.0, steps).reshape((steps,) + (1,) * jnp.ndim(a))
   return (1.0 - t) * a + t * b
+
+
+@dataclasses.dataclass(frozen=True)
+class TextVAEConfig(TransformerConfig):
+  """The `model` section of the 'text_vae' family."""
+  MODULE: ClassVar[type[nn.Module]] = TextVAE
+  OBJECTIVES: ClassVar[tuple[str, ...]] = ('text_vae',)
+  POOLINGS: ClassVar[tuple[str, ...]] = ('mean',)  # the sentence's posterior mean
+  latent_dim: int = 32
+  encoder_type: str = 'transformer'  # or 'gru' (bidirectional, embed_dim units a direction)
+  encoder_layers: int = 2
+  latent_conditioning: str = 'both'  # z added to every input embedding and/or as a prefix
+  latent_prefix_len: int = 1         # prefix vectors ('prefix', 'both')
+
+  def check(self, c: Checker) -> None:
+    super().check(c)
+    c.integer('latent_dim')
+    c.choice('encoder_type', ENCODERS)
+    c.integer('encoder_layers')
+    c.choice('latent_conditioning', CONDITIONINGS)
+    c.integer('latent_prefix_len')

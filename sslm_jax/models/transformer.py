@@ -11,16 +11,24 @@ states (what a chunked loss calls a slice at a time). Dropout draws from the 'dr
 `sslm_jax.models.attention.choose_attention`); `remat` recomputes each block's activations in
 the backward pass instead of keeping them ('block', or a named `jax.checkpoint_policies` policy
 of what to keep), the same numbers from less memory.
+
+`TransformerConfig` is the `model` section of the 'gpt' and 'bert' families (and the base of
+the text VAE's); it chooses the attention once (`attention`) and hands the modules the choice.
 """
 
-from typing import Optional
+import dataclasses
+import logging
+from typing import ClassVar, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sslm_jax.models.attention import MultiHeadAttention, choose_attention
+from sslm_jax.config import Checker
+from sslm_jax.models.attention import (ATTENTION_IMPLS, AttentionChoice, MultiHeadAttention,
+                                       choose_attention)
 from sslm_jax.models.dropout import Dropout
+from sslm_jax.models.family import ModelConfig
 
 POSITIONS = ('learned', 'rotary')
 # 'none', 'block' (keep only each block's input), or a jax.checkpoint_policies policy by name.
@@ -208,3 +216,80 @@ class BertEncoder(_Transformer):
     if self.tie_embeddings:
       logits = logits + self.mlm_bias
     return logits
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig(ModelConfig):
+  """The `model` section of a Transformer family; the vocabulary size is the tokenizer's."""
+  INPUTS: ClassVar[str] = 'text'
+  num_layers: int = 4
+  num_heads: int = 4
+  embed_dim: int = 256
+  mlp_dim: int = 1024
+  max_len: int = 128              # longest input; >= text.seq_len (2 * seq_len + 1 denoising)
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  positions: str = 'learned'
+  tie_embeddings: bool = True
+  # Accelerators: the attention kernel ('auto' = cuDNN flash attention on a GPU where it applies,
+  # the reference SDPA elsewhere) and rematerialisation of the blocks ('none', 'block' or a
+  # jax.checkpoint_policies name), which trades recomputation for activation memory.
+  attention_impl: str = 'auto'
+  remat: str = 'none'
+
+  def check(self, c: Checker) -> None:
+    super().check(c)
+    for key in ('num_layers', 'num_heads', 'embed_dim', 'mlp_dim', 'max_len'):
+      c.integer(key)
+    c.choice('positions', POSITIONS)
+    c.choice('remat', REMATS)
+    for key in ('dropout_rate', 'attention_dropout_rate'):
+      c.number(key, 0, 1, high_open=True)
+    if not c.valid('embed_dim', 'num_heads'):
+      return
+    head_dim = self.embed_dim // self.num_heads
+    c.check(self.embed_dim % self.num_heads == 0, 'embed_dim',
+            f'a multiple of model.num_heads={self.num_heads}')
+    c.check(self.positions != 'rotary' or head_dim % 2 == 0, 'positions',
+            f"'learned', or 'rotary' with an even head size (embed_dim / num_heads = {head_dim})")
+    if c.choice('attention_impl', ATTENTION_IMPLS) and c.valid('dtype', 'attention_dropout_rate'):
+      try:
+        self.attention()
+      except ValueError as e:
+        c.check(False, 'attention_impl', f"'auto', 'reference' or 'xla' here ({e})")
+    seq_len, objective = c.get('text.seq_len'), c.get('objective.name')
+    if c.valid('max_len', 'text.seq_len'):
+      c.check(self.max_len >= seq_len, 'max_len',
+              f'>= {seq_len} (text.seq_len={seq_len} for objective {objective!r})')
+
+  def attention(self) -> AttentionChoice:
+    """The attention the model runs, and why (`choose_attention`, on the default device)."""
+    return choose_attention(self.attention_impl, dtype=jnp.dtype(self.dtype),
+                            head_dim=self.embed_dim // self.num_heads,
+                            dropout_rate=self.attention_dropout_rate)
+
+  def build(self, vocab_size: int = 0) -> nn.Module:
+    choice = self.attention()
+    logging.getLogger(__name__).info('attention: %s (model.attention_impl=%r: %s)', choice.impl,
+                                     self.attention_impl, choice.reason)
+    return self.MODULE(vocab_size=vocab_size,
+                       **{**self.module_fields(), 'attention_impl': choice.impl})
+
+  def backend_facts(self) -> dict:
+    choice = self.attention()
+    return {'attention_impl': choice.impl, 'attention_impl_reason': choice.reason}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig(TransformerConfig):
+  MODULE: ClassVar[type[nn.Module]] = GPT
+  OBJECTIVES: ClassVar[tuple[str, ...]] = ('causal_lm', 'denoising')
+  # 'cls' would read the first position, which a causal model sees alone.
+  POOLINGS: ClassVar[tuple[str, ...]] = ('mean', 'last')
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig(TransformerConfig):
+  MODULE: ClassVar[type[nn.Module]] = BertEncoder
+  OBJECTIVES: ClassVar[tuple[str, ...]] = ('mlm',)
+  POOLINGS: ClassVar[tuple[str, ...]] = ('mean', 'cls', 'last')

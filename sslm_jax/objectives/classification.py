@@ -7,11 +7,30 @@ Batches (from `sslm_jax.tasks.classification`): `label` (batch,) int, and the mo
 
 With class weights w the loss is sum_i w[y_i] l_i / sum_i w[y_i] (a weighted mean, as PyTorch's
 `CrossEntropyLoss(weight=w)`), so its scale does not depend on the weights' scale.
+
+`ClassificationConfig` is the objective section; the classifier's own keys are the classifier
+task's (`sslm_jax.tasks.classification`).
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from sslm_jax.config import Checker, Section
+
+CLASS_WEIGHTS = ('none', 'balanced')
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationConfig(Section):
+  class_weights: str = 'none'     # 'balanced' = n / (classes * class count)
+  label_smoothing: float = 0.0
+
+  def check(self, c: Checker) -> None:
+    c.choice('class_weights', CLASS_WEIGHTS)
+    c.number('label_smoothing', 0, 1, high_open=True)
 
 
 def balanced_class_weights(labels, num_classes: int) -> np.ndarray:

@@ -17,6 +17,8 @@ is a pure function of (data seed, step) and its corruption of (run key, step).
 Big vocabularies: with `logits_chunk_size` > 0 in the objective config, the model's hidden
 states (`encode`) go through its output layer (`head_logits`) that many sequence positions at a
 time (`chunked_token_nll`), so the float32 logits of the whole batch never exist at once.
+
+The `objective` sections: `CausalLMConfig`, `MLMConfig`, `DenoisingConfig`.
 """
 
 import dataclasses
@@ -25,6 +27,49 @@ import math
 
 import jax
 import jax.numpy as jnp
+
+from sslm_jax.config import Checker, Section
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLMConfig(Section):
+  # > 0 computes the logits and loss this many sequence positions at a time (recomputed in the
+  # backward pass), never the float32 logits of the whole batch at once.
+  logits_chunk_size: int = 0
+
+  def check(self, c: Checker) -> None:
+    c.integer('logits_chunk_size', minimum=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class MLMConfig(CausalLMConfig):
+  mask_rate: float = 0.15              # tokens chosen
+  mask_token_fraction: float = 0.8     # chosen tokens that become [MASK]
+  random_token_fraction: float = 0.1   # chosen tokens that become a random token
+
+  def check(self, c: Checker) -> None:
+    super().check(c)
+    for key in ('mask_rate', 'mask_token_fraction', 'random_token_fraction'):
+      c.number(key, 0, 1, high_open=True)
+    if c.valid('mask_token_fraction', 'random_token_fraction'):
+      c.check(self.mask_token_fraction + self.random_token_fraction <= 1, 'random_token_fraction',
+              f'at most 1 - objective.mask_token_fraction = {1 - self.mask_token_fraction}')
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoisingConfig(CausalLMConfig):
+  mask_rate: float = 0.15              # noisy tokens masked
+  deletion_rate: float = 0.1           # noisy tokens deleted
+
+  def check(self, c: Checker) -> None:
+    super().check(c)
+    for key in ('mask_rate', 'deletion_rate'):
+      c.number(key, 0, 1, high_open=True)
+    # A row is the noisy copy, an end of text and the original (`denoising_sequences`).
+    seq_len = c.get('text.seq_len')
+    if c.valid('model.max_len', 'text.seq_len'):
+      c.check(c.get('model.max_len') >= 2 * seq_len + 1, 'model.max_len',
+              f'>= {2 * seq_len + 1} (text.seq_len={seq_len} for objective \'denoising\')')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +81,13 @@ class Vocab:
   eos_id: int
   mask_id: int
   first_normal_id: int  # ids below this are special; random MLM replacements never pick them
+
+
+def row_mask(batch) -> jax.Array:
+  """(batch,) float32: 1 on real rows, 0 on the padding rows of an eval batch ('row_mask')."""
+  if 'row_mask' in batch:
+    return batch['row_mask'].astype(jnp.float32)
+  return jnp.ones(batch['tokens'].shape[:1], jnp.float32)
 
 
 def _row_weights(batch, shape) -> jax.Array:

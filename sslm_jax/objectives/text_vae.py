@@ -35,9 +35,10 @@ import math
 import jax
 import jax.numpy as jnp
 
+from sslm_jax.config import Checker, Section
 from sslm_jax.models.conv_vae import reparameterize
 from sslm_jax.models.text_vae import TextVAE
-from sslm_jax.objectives.lm import Vocab, token_nll
+from sslm_jax.objectives.lm import Vocab, row_mask, token_nll
 from sslm_jax.objectives.vae import gaussian_kl
 
 KL_SCHEDULES = ('constant', 'linear', 'logistic', 'cyclical')
@@ -45,20 +46,35 @@ _LOGISTIC_SLOPE = 10.0  # the sigmoid spans -5..5 over the warm-up
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-  """The `text_vae` config section's training settings (hashable, for jit)."""
-  kl_schedule: str = 'constant'
-  kl_warmup_steps: int = 0
-  kl_cycles: int = 1
-  kl_cycle_ratio: float = 0.5
-  word_dropout: float = 0.0
-  free_bits: float = 0.0
-  target_kl: float = 0.0
-  autoencoder: bool = False
+class ObjectiveConfig(Section):
+  """The objective section of 'text_vae' (no keys: its settings are the `text_vae` section's)."""
 
-  @classmethod
-  def from_config(cls, section) -> 'Settings':
-    return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls)})
+
+@dataclasses.dataclass(frozen=True)
+class Settings(Section):
+  """The `text_vae` section's training keys: the remedies against posterior collapse (hashable,
+  for jit). Its other keys are the task's (`sslm_jax.tasks.text_vae.TextVAERunConfig`)."""
+  kl_schedule: str = 'constant'   # KL weight: 'constant' 1, or 0 -> 1 'linear', 'logistic',
+  kl_warmup_steps: int = 0        # 'cyclical' over this many steps (1 from then on)
+  kl_cycles: int = 1              # cyclical: ramps within kl_warmup_steps
+  kl_cycle_ratio: float = 0.5     # cyclical: the fraction of a cycle spent ramping up
+  word_dropout: float = 0.0       # decoder input tokens replaced by [MASK]
+  free_bits: float = 0.0          # nats a latent dimension may use for free (batch mean)
+  target_kl: float = 0.0          # or: nats a sentence may use for free (batch mean)
+  autoencoder: bool = False       # z = posterior mean, no KL: trains an encoder warm start
+
+  def check(self, c: Checker) -> None:
+    c.choice('kl_schedule', KL_SCHEDULES)
+    if c.integer('kl_warmup_steps', minimum=0):
+      c.check(self.kl_schedule == 'constant' or self.kl_warmup_steps > 0, 'kl_warmup_steps',
+              f'an integer > 0 with text_vae.kl_schedule={self.kl_schedule!r}')
+    c.integer('kl_cycles')
+    c.number('kl_cycle_ratio', 0, 1, low_open=True)
+    c.number('word_dropout', 0, 1)
+    for key in ('free_bits', 'target_kl'):
+      c.number(key, 0, note=' (0 = off)')
+    c.check(not (self.free_bits and self.target_kl), 'target_kl',
+            '0.0 when text_vae.free_bits > 0 (one threshold: per dimension or per sentence)')
 
 
 def kl_weight(step, *, schedule: str, warmup_steps: int, cycles: int = 1,
@@ -96,12 +112,6 @@ def decoder_rows(tokens: jax.Array, mask: jax.Array):
   return tokens[:, :-1], tokens[:, 1:], mask[:, 1:].astype(jnp.float32)
 
 
-def _row_weights(batch) -> jax.Array:
-  if 'row_mask' in batch:
-    return batch['row_mask'].astype(jnp.float32)
-  return jnp.ones(batch['tokens'].shape[:1], jnp.float32)
-
-
 def kl_penalty(kl_dims: jax.Array, rows: jax.Array, *, free_bits: float = 0.0,
                target_kl: float = 0.0) -> jax.Array:
   """The batch's KL term (a sum over rows) with free bits per dimension or a target KL.
@@ -123,7 +133,7 @@ def text_vae_loss(params, batch, rng, *, model: TextVAE, config, vocab: Vocab,
   """The annealed, remedied negative ELBO in nats per predicted token; metrics per sentence."""
   del config  # the objective section names the loss; its settings are `settings`
   tokens, mask = batch['tokens'], batch['mask'].astype(bool)
-  rows = _row_weights(batch)
+  rows = row_mask(batch)
   drop_rng, z_rng, dropout_rng = jax.random.split(rng, 3)
   inputs, targets, weights = decoder_rows(tokens, mask)
   # Document tokens only (ids below first_normal_id are bos, eos, pad and the other specials).
@@ -155,6 +165,18 @@ def text_vae_loss(params, batch, rng, *, model: TextVAE, config, vocab: Vocab,
                 'elbo_perplexity': jnp.exp((mean_recon + mean_kl) * n / num_targets),
                 'input_dropped_fraction': ((noisy != inputs) & droppable).sum() /
                 jnp.maximum(droppable.sum(), 1)}
+
+
+def sentence_nll(params, tokens, mask, *, model, kind: str):
+  """(NLL of each row's `doc eos` in nats, its targets) under a causal LM: a GPT ('gpt') or a
+  text_vae decoder without latent ('text_vae'): the causal-LM baseline of a text VAE."""
+  inputs, targets, weights = decoder_rows(tokens, mask)
+  if kind == 'gpt':
+    logits = model.apply({'params': params}, inputs)
+  else:
+    logits = model.apply({'params': params}, inputs, None, method=TextVAE.decode)
+  nll, _ = token_nll(logits, targets)
+  return (nll * weights).sum(-1), weights.sum(-1)
 
 
 def log_normal(x: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:

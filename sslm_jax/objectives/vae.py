@@ -6,12 +6,55 @@ whole split (so a padded last batch is weighted exactly).
 
 Conventions: images and reconstructions are in [-1, 1]; `kl` is the KL divergence of one example
 in nats (summed over latent dimensions); `mse` is the mean squared error per pixel.
+
+The `objective` sections of 'seed', 'elbo' and 'mse' are `SeedConfig`, `ElboConfig` and
+`MSEConfig`; a VAE's evaluation reports the ELBO under `likelihood` whatever it trains.
 """
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
+
+from sslm_jax.config import Checker, Section
+
+LIKELIHOODS = ('gaussian', 'bernoulli')
+
+
+@dataclasses.dataclass(frozen=True)
+class MSEConfig(Section):
+  """'mse': the mean squared error of the reconstruction (no keys)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _LikelihoodConfig(Section):
+  likelihood: str = 'bernoulli'
+  likelihood_scale: float = 0.1  # std of the gaussian likelihood, in [-1, 1] pixel units
+
+  def check(self, c: Checker) -> None:
+    c.choice('likelihood', LIKELIHOODS)
+    c.number('likelihood_scale', 0, low_open=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedConfig(_LikelihoodConfig):
+  """'seed': MSE + kl_weight * mean(mu^2 + var - 1 - logvar) (seed-reference.md)."""
+  kl_weight: float = 1e-4
+
+  def check(self, c: Checker) -> None:
+    super().check(c)
+    c.number('kl_weight', 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ElboConfig(_LikelihoodConfig):
+  """'elbo': recon_nll + beta * KL."""
+  beta: float = 1.0
+
+  def check(self, c: Checker) -> None:
+    super().check(c)
+    c.number('beta', 0)
 
 
 def mse(recon: jax.Array, images: jax.Array) -> jax.Array:
@@ -50,7 +93,7 @@ def reconstruction_nll(logits: jax.Array, images: jax.Array, likelihood: str,
     bernoulli_logits = 2.0 * flat_logits
     # -[t log sigmoid(l) + (1 - t) log sigmoid(-l)], computed stably
     return jnp.sum(jax.nn.softplus(bernoulli_logits) - targets * bernoulli_logits, axis=-1)
-  raise ValueError(f'likelihood={likelihood!r}; allowed: gaussian, bernoulli')
+  raise ValueError(f'likelihood={likelihood!r}; allowed: {LIKELIHOODS}')
 
 
 def per_example(outputs: dict, images: jax.Array, config) -> dict[str, jax.Array]:

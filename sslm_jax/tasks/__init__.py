@@ -1,33 +1,28 @@
-"""Tasks: the data, model, loss and evaluation of one kind of run, behind one small interface.
+"""Tasks: the data, model, loss and evaluation of one kind of run, behind the `Task` protocol
+(sslm_jax/tasks/base.py, with the optional capabilities `GeneratesText`, `GeneratesImages`,
+`Interpolates` and `Predicts`).
 
-The loop (`sslm_jax.train.loop`) trains any task; a task provides:
-
-  task.model, task.loss_fn          the Flax module and `loss(params, batch, rng)`
-  task.init_params(rng)             the parameters a run starts from
-  task.num_train_rows               training examples (or packed rows) an epoch
-  task.train_batch_fn(batch_size, seed, rows)   `step -> numpy batch` of one process's `rows`
-                                    of the step's global batch (sslm_jax.data.loader.StepBatches)
-  task.device_transform(batch)      jittable work done on the device before the step
-  task.evaluate(params, split)      exact means over a whole split
-  task.draw(params, workdir)        pictures or text samples of the run folder
-  task.describe()                   facts for summary.json
-
-Splits are loaded on first use, so `eval` and `sample` never read the training data.
+`TASKS` lists them: an objective names the task that runs it (`sslm_jax.objectives.OBJECTIVES`),
+and a task's `SECTIONS` are the config keys it reads beyond the model's, the objective's and
+every run's (`sslm_jax.runs.run_config` composes them).
 """
 
-from sslm_jax import config as config_lib
+from sslm_jax.objectives import OBJECTIVES
+from sslm_jax.tasks.base import (Context, GeneratesImages, GeneratesText, Interpolates,  # noqa: F401
+                                 Predicts, Restored, Task)
+from sslm_jax.tasks.classification import ClassificationTask
+from sslm_jax.tasks.images import ImageTask
+from sslm_jax.tasks.language import LanguageTask
+from sslm_jax.tasks.text_vae import TextVAETask
+
+TASKS: dict[str, type] = {
+    'images': ImageTask,
+    'language': LanguageTask,
+    'text_vae': TextVAETask,
+    'classification': ClassificationTask,
+}
 
 
-def build_task(config, workdir: str, *, training: bool):
-  """The task of `config` (`training`: a tokenizer may be trained and saved in `workdir`)."""
-  if config.objective.name == 'classification':
-    from sslm_jax.tasks.classification import ClassificationTask
-    return ClassificationTask(config, workdir, training=training)
-  if config.model.name in config_lib.IMAGE_MODELS:
-    from sslm_jax.tasks.images import ImageTask
-    return ImageTask(config)
-  if config.model.name == 'text_vae':
-    from sslm_jax.tasks.text_vae import TextVAETask
-    return TextVAETask(config, workdir, training=training)
-  from sslm_jax.tasks.language import LanguageTask
-  return LanguageTask(config, workdir, training=training)
+def build_task(config, context: Context) -> Task:
+  """The task that runs `config`'s objective."""
+  return TASKS[OBJECTIVES[config.objective.name].task](config, context)

@@ -26,7 +26,8 @@ import os
 import jax
 import numpy as np
 
-from sslm_jax import config as config_lib
+from sslm_jax.config import Checker, Section
+from sslm_jax.data import config as data_config
 from sslm_jax.data import images as image_data
 from sslm_jax.data import labels as label_data
 from sslm_jax.data import loader
@@ -34,14 +35,45 @@ from sslm_jax.data import text as text_data
 from sslm_jax.data.tfds_utils import DataError
 from sslm_jax.eval import metrics as metrics_lib
 from sslm_jax.eval import plots
-from sslm_jax.models import build_classifier, build_model
+from sslm_jax.models import MODELS, build_classifier, build_model
 from sslm_jax.objectives import bind_loss, classification
-from sslm_jax.tasks import language
+from sslm_jax.tasks import text
+from sslm_jax.tasks.base import Context, init_params, over_rows, restore_matching
 
-# Model settings a classifier may change from its pretraining run's (they change no parameter).
-_FREE_MODEL_KEYS = ('dropout_rate', 'attention_dropout_rate', 'dtype')
 EVAL_METRICS = ('loss', 'accuracy', 'macro_precision', 'macro_recall', 'macro_f1', 'micro_f1',
                 'weighted_f1')
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig(Section):
+  """The `classifier` section: a linear head on the model's encoder (sslm_jax/models/heads.py)."""
+  init_from: str = ''             # workdir of a pretraining run of this model ('' = scratch)
+  init_step: int = 0              # its checkpoint (0 = the newest)
+  pooling: str = 'mean'           # text: 'mean', 'last', 'cls' (bert); images: the mean code
+  dropout_rate: float = 0.0       # on the pooled features
+
+  def check(self, c: Checker) -> None:
+    c.check(isinstance(self.init_from, str), 'init_from',
+            "the workdir of a pretraining run, or '' to start from scratch")
+    c.integer('init_step', minimum=0)
+    name = c.get('model.name')
+    allowed = MODELS[name].POOLINGS if name in MODELS else ()
+    c.check(self.pooling in allowed, 'pooling',
+            f'{", ".join(map(repr, allowed))} for model {name!r}' +
+            (" ('cls' reads the first position, which a causal model sees alone)"
+             if name == 'gpt' else ''))
+    c.number('dropout_rate', 0, 1, high_open=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderRate(Section):
+  """A classifier's key of the `optimizer` section (sslm_jax/train/optim.py reads it)."""
+  # The encoder's learning rate is learning_rate * this; 0 = linear probe (encoder frozen: no
+  # updates, no gradients, no dropout).
+  encoder_learning_rate_multiplier: float = 1.0
+
+  def check(self, c: Checker) -> None:
+    c.number('encoder_learning_rate_multiplier', 0, note=' (0 = frozen encoder)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +91,7 @@ class LabelledSplit:
 
 
 def is_text(config) -> bool:
-  return config.model.name in config_lib.TEXT_MODELS
+  return MODELS[config.model.name].INPUTS == 'text'
 
 
 def _read_split(config, split: str) -> LabelledSplit:
@@ -68,7 +100,7 @@ def _read_split(config, split: str) -> LabelledSplit:
   if is_text(config):
     raw = text_data.load_text_split(d.name, split, data_dir=d.data_dir, manual_dir=d.manual_dir,
                                     text_key=d.text_key, label_key=d.label_key)
-    texts, labels = language.clean_texts(config, raw.texts), raw.labels
+    texts, labels = text.clean_texts(config, raw.texts), raw.labels
     keep = np.asarray([bool(t) for t in texts], bool)
     data = LabelledSplit([t for t, k in zip(texts, keep) if k], labels[keep])
   else:
@@ -111,12 +143,7 @@ def _device_transform(batch, input_size: int):
 
 
 # Compiled once per model (modules compare by their fields): the runs of a pipeline and their
-# evaluations share these executables.
-@functools.partial(jax.jit, static_argnums=0)
-def _init(model, rng, *inputs):
-  return model.init(rng, *inputs)['params']
-
-
+# evaluations share it.
 @functools.partial(jax.jit, static_argnames=('model', 'input_size'))
 def _eval_batch(params, batch, *, model, input_size):
   return classification.predictions_and_nll(params, _device_transform(batch, input_size),
@@ -124,10 +151,12 @@ def _eval_batch(params, batch, *, model, input_size):
 
 
 class ClassificationTask:
+  SECTIONS = {'classifier': (ClassifierConfig,), 'data': (data_config.LabelledData,),
+              'optimizer': (EncoderRate,)}
 
-  def __init__(self, config, workdir: str, *, training: bool):
-    self.config = config
-    self._training = training
+  def __init__(self, config, context: Context):
+    self.config, self.context = config, context
+    self.input_size = config.model.get('input_size')  # images are resized to it (None: text)
     self._cache, self._splits, self._rows, self._confusions = {}, {}, {}, {}
     self.truncated_fraction = {}
     d = config.data
@@ -136,8 +165,9 @@ class ClassificationTask:
     self.num_classes = len(self.label_names)
     vocab_size, self.tokenizer = 0, None
     if is_text(config):
-      self.tokenizer = language.load_or_train_tokenizer(
-          config, workdir, training=training, train_texts=lambda: self.split(d.train_split).inputs)
+      self.tokenizer = text.load_or_train_tokenizer(
+          config, context.workdir, training=context.training,
+          train_texts=lambda: self.split(d.train_split).inputs)
       vocab_size = self.tokenizer.vocab_size
     self.encoder = build_model(config.model, vocab_size=vocab_size)
     c = config.classifier
@@ -186,38 +216,21 @@ class ClassificationTask:
     else:
       length = min(self.config.text.seq_len, m.max_len)
       dummy = (np.zeros((1, length), np.int32), np.ones((1, length), bool))
-    if not self._training:
+    if not self.context.training:
       # Eval and model selection restore the run's own checkpoint: shapes are all they need,
       # and tracing them skips compiling the initializers (seconds for a conv net on a CPU).
       return jax.eval_shape(self.model.init, rng, *dummy)['params']
     # The initial values do not depend on freezing: one compilation serves every regime.
-    params = _init(self.model.clone(freeze_encoder=False), rng, *dummy)
+    params = init_params(self.model.clone(freeze_encoder=False), rng, *dummy)
     if self.config.classifier.init_from:
       params = {**params, 'encoder': self._pretrained_encoder(params['encoder'])}
     return params
 
   def _pretrained_encoder(self, like):
-    from sslm_jax.train import loop  # noqa: PLC0415  the one way to read a run (loop imports tasks)
     c = self.config.classifier
-    run, params, self.loaded_step = loop.restore_params(c.init_from, c.init_step or None)
-    different = {k: v for k, v in config_lib.differences(run.config.model,
-                                                         self.config.model).items()
-                 if k not in _FREE_MODEL_KEYS}
-    if different:
-      listed = ', '.join(f'model.{k}: {a!r} there vs {b!r} here'
-                         for k, (a, b) in different.items())
-      raise DataError(f'classifier.init_from={c.init_from!r} holds a model with other settings '
-                      f'({listed}); allowed: the pretraining run\'s model settings')
-    theirs = getattr(run.task, 'tokenizer', None)
-    if self.tokenizer is not None and (theirs is None or
-                                       theirs.model_proto != self.tokenizer.model_proto):
-      raise DataError(f'the tokenizer of this run is not the one classifier.init_from='
-                      f'{c.init_from!r} was trained with; allowed: text.tokenizer_path='
-                      f'{os.path.join(c.init_from, language.TOKENIZER_FILE)!r}')
-    shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)  # noqa: E731
-    if shapes(params) != shapes(like):
-      raise DataError(f'the parameters in classifier.init_from={c.init_from!r} do not fit this '
-                      f'model; allowed: a pretraining run of the same model')
+    params, self.loaded_step = restore_matching(
+        self.context, c.init_from, c.init_step or None, key='classifier.init_from',
+        config=self.config, tokenizer=self.tokenizer, like=like)
     return params
 
   @property
@@ -229,19 +242,15 @@ class ClassificationTask:
                               batch_size, seed, rows=rows)
 
   def device_transform(self, batch):
-    return _device_transform(batch, self.config.model.input_size)
+    return _device_transform(batch, self.input_size)
 
   def predict(self, params, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, predicted classes, cross-entropy) of every example of the split, in order."""
     rows = self.rows(split)
-    predictions, nll = [], []
-    for batch in text_data.lm_eval_batches(rows, self.config.train.eval_batch_size):
-      p, n = _eval_batch(params, batch, model=self.model,
-                         input_size=self.config.model.input_size)
-      real = int(batch['row_mask'].sum())
-      predictions.append(np.asarray(p)[:real])
-      nll.append(np.asarray(n)[:real])
-    return rows['label'], np.concatenate(predictions), np.concatenate(nll)
+    predictions, nll = over_rows(
+        lambda b: _eval_batch(params, b, model=self.model, input_size=self.input_size), rows,
+        self.config.train.eval_batch_size)
+    return rows['label'], predictions, nll
 
   def evaluate(self, params, split: str) -> dict[str, float]:
     """Exact metrics over the whole split (macro means over the classes present)."""

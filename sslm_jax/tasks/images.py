@@ -1,32 +1,38 @@
 """The image autoencoders (seed VAE, AE) as a task: tfds images in, pictures out."""
 
+import dataclasses
 import functools
 import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from sslm_jax.config import Checker, Section
 from sslm_jax.data import images as image_data
 from sslm_jax.data import loader
 from sslm_jax.eval import autoencoder as ae_eval
 from sslm_jax.eval import pictures
-from sslm_jax.kernels import onednn_conv
-from sslm_jax.models import build_model
+from sslm_jax.models import backend_facts, build_model
 from sslm_jax.objectives import bind_loss
+from sslm_jax.tasks.base import Context, eval_key, init_params
 
-EVAL_STREAM = 1_000_003  # fold_in constant: eval noise never coincides with a train step's
 
+@dataclasses.dataclass(frozen=True)
+class Pictures(Section):
+  """The image task's key of the `train` section."""
+  num_pictures: int = 64          # reconstructions and prior samples drawn at each evaluation
 
-# One compilation per model (modules compare by their fields), shared by every task of it in a
-# process: a pipeline's pretraining run and the fine-tuning run that restores it.
-@functools.partial(jax.jit, static_argnums=0)
-def _init(model, rng, images):
-  return model.init(rng, images, rng)['params']
+  def check(self, c: Checker) -> None:
+    c.integer('num_pictures')
 
 
 class ImageTask:
+  SECTIONS = {'train': (Pictures,)}
+  tokenizer = None
 
-  def __init__(self, config):
+  def __init__(self, config, context: Context):
+    del context  # nothing to read or restore beyond the config
     self.config = config
     self.model = build_model(config.model)
     self.loss_fn = bind_loss(self.model, config.objective)
@@ -46,7 +52,7 @@ class ImageTask:
   def init_params(self, rng):
     m = self.config.model
     dummy = jnp.zeros((1, m.input_size, m.input_size, m.channels), jnp.float32)
-    return _init(self.model, rng, dummy)
+    return init_params(self.model, rng, dummy, rng)
 
   @functools.cached_property
   def num_train_rows(self) -> int:
@@ -65,8 +71,11 @@ class ImageTask:
     c = self.config
     return ae_eval.evaluate(params, self.split(split), model=self.model,
                             objective_config=c.objective, input_size=c.model.input_size,
-                            batch_size=c.train.eval_batch_size,
-                            rng=jax.random.fold_in(jax.random.PRNGKey(c.seed), EVAL_STREAM))
+                            batch_size=c.train.eval_batch_size, rng=eval_key(c.seed))
+
+  def sample_images(self, params, num: int, seed: int) -> np.ndarray:
+    """`num` decoded draws from the prior, in [-1, 1]."""
+    return ae_eval.sample(params, num, jax.random.PRNGKey(seed), model=self.model)
 
   def draw(self, params, workdir: str) -> None:
     """reconstructions.png (eval split) and samples.png (prior draws)."""
@@ -77,12 +86,11 @@ class ImageTask:
                                            model=self.model, input_size=c.model.input_size)
     pictures.save_reconstructions(os.path.join(workdir, 'reconstructions.png'), originals, recon)
     pictures.save_samples(os.path.join(workdir, 'samples.png'),
-                          ae_eval.sample(params, n, jax.random.PRNGKey(c.seed), model=self.model))
+                          self.sample_images(params, n, c.seed))
 
   def describe(self) -> dict:
     d = self.config.data
-    m = self.config.model
     return {'train_examples': len(self.split(d.train_split)),
             'test_examples': len(self.split(d.eval_split)),
-            'convolutions': onednn_conv.resolve(m.conv_impl, m.dtype),  # who computed them
+            **backend_facts(self.config.model),  # who computed the convolutions
             'data_pipeline': d.pipeline}

@@ -18,7 +18,6 @@ end of each document counted as one character (it is one predicted token, like a
 
 import functools
 import os
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,57 +25,20 @@ import jax.numpy as jnp
 from sslm_jax.data import loader, shards
 from sslm_jax.data import text as text_data
 from sslm_jax.data.tfds_utils import DataError
-from sslm_jax.data.tokenizer import Tokenizer, num_bytes, num_chars, train_tokenizer
-from sslm_jax.models import attention_facts, build_model
+from sslm_jax.data.tokenizer import Tokenizer, num_bytes, num_chars
+from sslm_jax.models import backend_facts, build_model
 from sslm_jax.models.generate import generate
 from sslm_jax.objectives import bind_loss, lm
-
-_EVAL_STREAM = 1_000_003  # fold_in constant: eval noise never coincides with a train step's
-TOKENIZER_FILE = 'tokenizer.model'
-
-
-def clean_texts(config, texts: list[str]) -> list[str]:
-  """Each text cleaned as `config.text` says (empty results kept, so labels stay aligned)."""
-  return text_data.clean_texts(texts, **text_data.cleaning(config.text))
-
-
-def load_or_train_tokenizer(config, workdir: str, *, training: bool,
-                            train_texts: Callable[[], list[str]]) -> Tokenizer:
-  """text.tokenizer_path, else <workdir>/tokenizer.model, else (training) one trained on
-  `train_texts()` and saved there."""
-  t = config.text
-  path = t.tokenizer_path or os.path.join(workdir, TOKENIZER_FILE)
-  if os.path.exists(path):
-    return Tokenizer.load(path)
-  if t.tokenizer_path:
-    raise DataError(f'text.tokenizer_path={path!r} does not exist; allowed: a sentencepiece '
-                    f".model file, or '' to train one on the training split")
-  if not training:
-    raise DataError(f'{path} not found: the run in {workdir!r} saves its tokenizer when '
-                    f'training starts; allowed: the workdir of a text run')
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() != 0:  # every process trains the same model; one writes it
-    path = os.path.join(workdir, f'.{TOKENIZER_FILE}.process{jax.process_index()}')
-  try:
-    return train_tokenizer(train_texts(), vocab_size=t.vocab_size, model_path=path,
-                           model_type=t.tokenizer_type)
-  except DataError as e:  # e.g. a vocabulary larger than the text supports
-    raise DataError(f'text.vocab_size={t.vocab_size} / text.tokenizer_type='
-                    f'{t.tokenizer_type!r} do not fit {config.data.name}:'
-                    f'{config.data.train_split}; allowed: what sentencepiece says: {e}') from e
-
-
-# One compilation per model (modules compare by their fields), shared by every task of it in a
-# process: a pipeline's pretraining run and the fine-tuning run that restores it.
-@functools.partial(jax.jit, static_argnums=0)
-def _init(model, rng, tokens):
-  return model.init(rng, tokens)['params']
+from sslm_jax.tasks import text
+from sslm_jax.tasks.base import TOKENIZER_FILE, Context, eval_key, init_params
 
 
 class LanguageTask:
+  SECTIONS = {}
 
-  def __init__(self, config, workdir: str, *, training: bool):
+  def __init__(self, config, context: Context):
     self.config = config
+    workdir, training = context.workdir, context.training
     self._texts, self._rows, self._sources = {}, {}, {}
     self._manifest = None
     if config.data.pipeline == 'grain':
@@ -90,11 +52,11 @@ class LanguageTask:
         os.makedirs(workdir, exist_ok=True)
         shards.write_atomic(os.path.join(workdir, TOKENIZER_FILE), self.tokenizer.model_proto)
     else:
-      self.tokenizer = self._load_or_train_tokenizer(workdir, training)
-    t = self.tokenizer
-    self.vocab = lm.Vocab(size=t.vocab_size, pad_id=t.pad_id, bos_id=t.bos_id, eos_id=t.eos_id,
-                          mask_id=t.mask_id, first_normal_id=t.first_normal_id)
-    self.model = build_model(config.model, vocab_size=t.vocab_size)
+      self.tokenizer = text.load_or_train_tokenizer(
+          config, workdir, training=training,
+          train_texts=lambda: self.texts(config.data.train_split))
+    self.vocab = text.vocab(self.tokenizer)
+    self.model = build_model(config.model, vocab_size=self.tokenizer.vocab_size)
     self.loss_fn = bind_loss(self.model, config.objective, vocab=self.vocab)
     self._eval_sums = jax.jit(functools.partial(
         lm.lm_eval_sums, model=self.model, config=config.objective, vocab=self.vocab))
@@ -103,14 +65,7 @@ class LanguageTask:
   def texts(self, split: str) -> list[str]:
     """The split's documents, cleaned as config.text says."""
     if split not in self._texts:
-      d = self.config.data
-      raw = text_data.load_text_split(d.name, split, data_dir=d.data_dir,
-                                      manual_dir=d.manual_dir, text_key=d.text_key)
-      cleaned = [x for x in clean_texts(self.config, raw.texts) if x]
-      if not cleaned:
-        raise DataError(f'{d.name}:{split} has no text after cleaning; allowed: a split with '
-                        f'non-empty {d.text_key!r} values')
-      self._texts[split] = cleaned
+      self._texts[split] = text.documents(self.config, split)
     return self._texts[split]
 
   def rows(self, split: str) -> dict:
@@ -153,14 +108,10 @@ class LanguageTask:
     return {'documents': len(self.texts(split)), 'chars_per_token': rows['chars_per_token'],
             'bytes_per_token': rows['bytes_per_token']}
 
-  def _load_or_train_tokenizer(self, workdir: str, training: bool) -> Tokenizer:
-    return load_or_train_tokenizer(self.config, workdir, training=training,
-                                   train_texts=lambda: self.texts(self.config.data.train_split))
-
   # --- the task interface (sslm_jax.tasks) ---
   def init_params(self, rng):
     length = min(self.config.text.seq_len, self.config.model.max_len)
-    return _init(self.model, rng, jnp.zeros((1, length), jnp.int32))
+    return init_params(self.model, rng, jnp.zeros((1, length), jnp.int32))
 
   @property
   def num_train_rows(self) -> int:
@@ -177,7 +128,7 @@ class LanguageTask:
   def evaluate(self, params, split: str) -> dict[str, float]:
     """Exact means over every row of the split (noise, for MLM, fixed across evaluations)."""
     c = self.config
-    rng = jax.random.fold_in(jax.random.PRNGKey(c.seed), _EVAL_STREAM)
+    rng = eval_key(c.seed)
     totals = None
     for i, batch in enumerate(text_data.lm_eval_batches(self.source(split),
                                                         c.train.eval_batch_size)):
@@ -237,4 +188,4 @@ class LanguageTask:
                                     (self.config.objective.name == 'causal_lm')),
             'chars_per_token': facts['chars_per_token'],
             'vocab_size': self.tokenizer.vocab_size, 'data_pipeline': d.pipeline,
-            **attention_facts(self.config.model)}
+            **backend_facts(self.config.model)}

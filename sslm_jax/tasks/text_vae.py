@@ -1,11 +1,20 @@
 """The sentence VAE (`model.name='text_vae'`) as a task: data, ELBO training, bounds, uses.
 
+The text VAE in one map (each concept in one place):
+  model       sslm_jax/models/text_vae.py      encoder, latent-conditioned decoder, its section
+  objective   sslm_jax/objectives/text_vae.py  the remedied ELBO, per-sentence eval statistics,
+                                               a causal LM's sentence NLL; `Settings` (the
+                                               `text_vae` section's training keys)
+  metrics     sslm_jax/eval/text_vae.py        active units, mutual information, split summary
+  task        this file                        rows, evaluation, the baseline, warm start,
+                                               sampling and homotopies; `TextVAERunConfig`
+                                               (the `text_vae` section's other keys)
+
 Data: the documents of any tfds text dataset, cleaned as `config.text` says and tokenized by the
-run's sentencepiece model (trained on the training split and saved as <workdir>/tokenizer.model,
-as LanguageTask does). One document a row, `bos doc eos` padded to text.seq_len; with
-`text_vae.long_documents='drop'` documents longer than that are left out (a sentence VAE), with
-'truncate' they are cut (losing their eos). Every row of a split is evaluated, so "per sentence"
-means per kept document.
+run's sentencepiece model (`sslm_jax.tasks.text`). One document a row, `bos doc eos` padded to
+text.seq_len; with `text_vae.long_documents='drop'` documents longer than that are left out (a
+sentence VAE), with 'truncate' they are cut (losing their eos). Every row of a split is
+evaluated, so "per sentence" means per kept document.
 
 The KL weight needs the step inside the loss: `train_batch_fn` adds it to every row
 (`batch['step']`), so the one train step serves this objective unchanged.
@@ -23,7 +32,8 @@ Uses: `sample_text` (prior samples; `sslm-jax sample`), `reconstruct`, `homotopy
 interpolate`), `latent_means` (features; also what a classifier on this model reads).
 """
 
-import functools
+import dataclasses
+import itertools
 import math
 import os
 
@@ -31,71 +41,74 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslm_jax.data import loader
+from sslm_jax.config import Checker, Section
+from sslm_jax.data import loader, shards
 from sslm_jax.data import text as text_data
 from sslm_jax.data.tfds_utils import DataError
 from sslm_jax.eval import text_vae as tv_eval
-from sslm_jax.models import attention_facts, build_model
+from sslm_jax.models import backend_facts, build_model
 from sslm_jax.models.text_vae import TextVAE, generate_from_latent, interpolate
-from sslm_jax.objectives import bind_loss, lm
+from sslm_jax.objectives import bind_loss
 from sslm_jax.objectives import text_vae as tv_obj
-from sslm_jax.tasks import language
+from sslm_jax.tasks import text
+from sslm_jax.tasks.base import (Context, check_fits, check_tokenizer, eval_key, init_params,
+                                 over_rows, restore_run)
 
+LONG_DOCUMENTS = ('drop', 'truncate')
 SUMMARY_KEYS = ('elbo_nll', 'iw_nll', 'kl', 'recon', 'active_units', 'mutual_info', 'lm_nll')
+
+
+@dataclasses.dataclass(frozen=True)
+class TextVAERunConfig(Section):
+  """The `text_vae` section's keys of rows, evaluation, the baseline and the warm start (its
+  training keys are `sslm_jax.objectives.text_vae.Settings`)."""
+  encoder_init_from: str = ''     # workdir of a text_vae run whose encoder this one starts from
+  long_documents: str = 'drop'    # documents over text.seq_len tokens: 'drop' or 'truncate'
+  iw_samples: int = 100           # importance samples for the bound on data.test_split
+  eval_iw_samples: int = 10       # ... on the other splits evaluated
+  baseline_workdir: str = ''      # a causal LM run evaluated on the same sentences (lm_nll)
+
+  def check(self, c: Checker) -> None:
+    for key in ('encoder_init_from', 'baseline_workdir'):
+      c.check(isinstance(c.get(key), str), key, "the workdir of a run, or '' for none")
+    c.choice('long_documents', LONG_DOCUMENTS)
+    c.integer('iw_samples')
+    c.integer('eval_iw_samples')
+    c.check(not (c.get('model.latent_conditioning') == 'none' and
+                 (c.get('autoencoder') or self.encoder_init_from)),
+            'model.latent_conditioning', "'embedding', 'prefix' or 'both' with "
+            'text_vae.autoencoder or text_vae.encoder_init_from (they need an encoder)')
+
 
 # Compiled once per model (a Flax module hashes by its fields), so eval, sample and interpolate
 # on a restored run reuse what training compiled in the same process.
-_init = jax.jit(lambda model, rng, tokens: model.init(rng, tokens, jax.random.PRNGKey(0)),
-                static_argnums=0)
 _eval_stats = jax.jit(tv_obj.text_vae_eval_stats, static_argnames=('model', 'num_samples'))
 _encode = jax.jit(lambda model, params, tokens, mask: model.apply(
     {'params': params}, tokens, mask, method=TextVAE.encode), static_argnums=0)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _sentence_nll(model, kind: str, params, tokens, mask):
-  """(NLL of each row's `doc eos` in nats, targets) under a causal LM: a GPT ('gpt') or a
-  text_vae decoder without latent ('text_vae')."""
-  inputs, targets, weights = tv_obj.decoder_rows(tokens, mask)
-  if kind == 'gpt':
-    logits = model.apply({'params': params}, inputs)
-  else:
-    logits = model.apply({'params': params}, inputs, None, method=TextVAE.decode)
-  nll, _ = lm.token_nll(logits, targets)
-  return (nll * weights).sum(-1), weights.sum(-1)
+_sentence_nll = jax.jit(tv_obj.sentence_nll, static_argnames=('model', 'kind'))
 
 
 class TextVAETask:
+  SECTIONS = {'text_vae': (tv_obj.Settings, TextVAERunConfig)}
 
-  def __init__(self, config, workdir: str, *, training: bool):
-    self.config = config
-    self._training = training
+  def __init__(self, config, context: Context):
+    self.config, self.context = config, context
     self._texts, self._rows, self._kept, self._dropped = {}, {}, {}, {}
     self._baseline, self._last = {}, {}
     self._baseline_loaded, self.baseline_step = None, None
-    self.tokenizer = language.load_or_train_tokenizer(
-        config, workdir, training=training,
+    self.tokenizer = text.load_or_train_tokenizer(
+        config, context.workdir, training=context.training,
         train_texts=lambda: self.texts(config.data.train_split))
-    t = self.tokenizer
-    self.vocab = lm.Vocab(size=t.vocab_size, pad_id=t.pad_id, bos_id=t.bos_id, eos_id=t.eos_id,
-                          mask_id=t.mask_id, first_normal_id=t.first_normal_id)
-    self.model = build_model(config.model, vocab_size=t.vocab_size)
-    self.settings = tv_obj.Settings.from_config(config.text_vae)
+    self.vocab = text.vocab(self.tokenizer)
+    self.model = build_model(config.model, vocab_size=self.tokenizer.vocab_size)
     self.loss_fn = bind_loss(self.model, config.objective, vocab=self.vocab,
-                             settings=self.settings)
+                             settings=tv_obj.Settings.of(config.text_vae))
 
   # --- data ---
   def texts(self, split: str) -> list[str]:
     """The split's documents, cleaned as config.text says (empty ones left out)."""
     if split not in self._texts:
-      d = self.config.data
-      raw = text_data.load_text_split(d.name, split, data_dir=d.data_dir,
-                                      manual_dir=d.manual_dir, text_key=d.text_key)
-      cleaned = [x for x in language.clean_texts(self.config, raw.texts) if x]
-      if not cleaned:
-        raise DataError(f'{d.name}:{split} has no text after cleaning; allowed: a split with '
-                        f'non-empty {d.text_key!r} values')
-      self._texts[split] = cleaned
+      self._texts[split] = text.documents(self.config, split)
     return self._texts[split]
 
   def _token_rows(self, ids: list[list[int]]) -> dict:
@@ -126,42 +139,26 @@ class TextVAETask:
     self.rows(split)
     return self._kept[split]
 
-  # --- the task interface (sslm_jax.tasks) ---
+  # --- the task interface (sslm_jax.tasks.Task) ---
   def init_params(self, rng):
     length = min(self.config.text.seq_len, self.config.model.max_len)
-    tokens = jnp.zeros((1, length), jnp.int32)
-    params = _init(self.model, rng, tokens)['params']
-    if self.config.text_vae.encoder_init_from and self._training:
+    params = init_params(self.model, rng, jnp.zeros((1, length), jnp.int32),
+                         jax.random.PRNGKey(0))
+    if self.config.text_vae.encoder_init_from and self.context.training:
       params = {**params, 'encoder': self._pretrained_encoder(params['encoder'])}
     return params
 
-  def _restore(self, workdir: str, key: str):
-    from sslm_jax.train import loop  # noqa: PLC0415  the one way to read a run (loop imports tasks)
-    from sslm_jax.train.checkpoint import CheckpointError  # noqa: PLC0415
-    try:
-      return loop.restore_params(workdir)
-    except (FileNotFoundError, ValueError, CheckpointError) as e:
-      raise DataError(f'text_vae.{key}={workdir!r} is not a readable run ({e}); allowed: the '
-                      f'workdir of a finished training run') from e
-
   def _pretrained_encoder(self, like):
     """The encoder (and posterior head) of the run in text_vae.encoder_init_from."""
-    source = self.config.text_vae.encoder_init_from
-    run, params, _ = self._restore(source, 'encoder_init_from')
-    theirs = getattr(run.task, 'tokenizer', None)
-    if run.config.model.name != 'text_vae' or 'encoder' not in params:
-      raise DataError(f'text_vae.encoder_init_from={source!r} is a {run.config.model.name!r} '
-                      f'run; allowed: a text_vae run with an encoder (e.g. '
-                      f'text_vae.autoencoder=True)')
-    if theirs is None or theirs.model_proto != self.tokenizer.model_proto:
-      raise DataError(f'the tokenizer of this run is not the one text_vae.encoder_init_from='
-                      f'{source!r} was trained with; allowed: text.tokenizer_path='
-                      f'{os.path.join(source, language.TOKENIZER_FILE)!r}')
-    shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)  # noqa: E731
-    if shapes(params['encoder']) != shapes(like):
-      raise DataError(f'the encoder in text_vae.encoder_init_from={source!r} does not fit this '
-                      f'model; allowed: a run with the same model.* encoder settings')
-    return params['encoder']
+    key, source = 'text_vae.encoder_init_from', self.config.text_vae.encoder_init_from
+    run = restore_run(self.context, source, None, key=key)
+    if run.config.model.name != 'text_vae' or 'encoder' not in run.params:
+      raise DataError(f'{key}={source!r} is a {run.config.model.name!r} run; allowed: a '
+                      f'text_vae run with an encoder (e.g. text_vae.autoencoder=True)')
+    check_tokenizer(run, self.tokenizer, key=key, workdir=source)
+    check_fits(run.params['encoder'], like, key=key, workdir=source,
+               allowed='a run with the same model.* encoder settings')
+    return run.params['encoder']
 
   @property
   def num_train_rows(self) -> int:
@@ -175,19 +172,14 @@ class TextVAETask:
   def device_transform(self, batch):
     return batch
 
-  def _eval_rng(self):
-    return jax.random.fold_in(jax.random.PRNGKey(self.config.seed), language._EVAL_STREAM)
-
   def split_stats(self, params, split: str, num_samples: int) -> dict[str, np.ndarray]:
     """Per-sentence statistics of every row of the split (`text_vae_eval_stats`)."""
-    rng, parts = self._eval_rng(), []
-    for i, batch in enumerate(text_data.lm_eval_batches(self.rows(split),
-                                                        self.config.train.eval_batch_size)):
-      stats = _eval_stats(params, batch, jax.random.fold_in(rng, i), model=self.model,
-                          num_samples=num_samples)
-      real = int(batch['row_mask'].sum())
-      parts.append({k: np.asarray(v)[:real] for k, v in jax.device_get(stats).items()})
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    rng, calls = eval_key(self.config.seed), itertools.count()  # the batch's index
+
+    def stats(batch):
+      return _eval_stats(params, batch, jax.random.fold_in(rng, next(calls)), model=self.model,
+                         num_samples=num_samples)
+    return over_rows(stats, self.rows(split), self.config.train.eval_batch_size)
 
   def evaluate(self, params, split: str) -> dict[str, float]:
     """Bounds and latent statistics over the whole split (module docstring), nats/sentence."""
@@ -205,52 +197,52 @@ class TextVAETask:
 
   # --- the causal LM baseline ---
   def _baseline_run(self):
-    """(run, params, kind) of text_vae.baseline_workdir, loaded once."""
+    """(run, kind) of text_vae.baseline_workdir, loaded once."""
     if self._baseline_loaded is None:
-      source = self.config.text_vae.baseline_workdir
-      run, params, self.baseline_step = self._restore(source, 'baseline_workdir')
+      key, source = 'text_vae.baseline_workdir', self.config.text_vae.baseline_workdir
+      run = restore_run(self.context, source, None, key=key)
+      self.baseline_step = run.step
       name, objective = run.config.model.name, run.config.objective.name
       if name == 'gpt' and objective == 'causal_lm':
         kind = 'gpt'
       elif name == 'text_vae' and run.config.model.latent_conditioning == 'none':
         kind = 'text_vae'
       else:
-        raise DataError(f'text_vae.baseline_workdir={source!r} is a {name!r} {objective!r} run; '
-                        f"allowed: a causal LM: model.name='gpt' with objective 'causal_lm', or "
-                        f"a text_vae run with model.latent_conditioning='none'")
-      self._baseline_loaded = (run, params, kind)
+        raise DataError(f'{key}={source!r} is a {name!r} {objective!r} run; allowed: a causal '
+                        f"LM: model.name='gpt' with objective 'causal_lm', or a text_vae run "
+                        f"with model.latent_conditioning='none'")
+      self._baseline_loaded = (run, kind)
     return self._baseline_loaded
+
+  def _baseline_rows(self, split: str, run, kind: str) -> dict:
+    """The split's kept sentences as the baseline reads them (its tokenizer, its start)."""
+    theirs = run.task.tokenizer
+    # A GPT's documents follow an end of document in training; the decoder's follow bos.
+    start = theirs.eos_id if kind == 'gpt' else theirs.bos_id
+    ids = theirs.encode_batch(self.kept_texts(split))
+    length = self.config.text.seq_len
+    source = self.config.text_vae.baseline_workdir
+    if theirs.model_proto != self.tokenizer.model_proto:
+      # Whole documents only: a cut one would differ between tokenizers.
+      if self.config.text_vae.long_documents != 'drop':
+        raise DataError(f"text_vae.baseline_workdir={source!r} has another tokenizer; allowed "
+                        f"with it: text_vae.long_documents='drop' (whole sentences only)")
+      length = max(map(len, ids)) + 2
+    if length - 1 > run.config.model.max_len:
+      raise DataError(f'text_vae.baseline_workdir={source!r} reads at most model.max_len='
+                      f'{run.config.model.max_len} tokens; a sentence here needs {length - 1}')
+    tokens, mask = text_data.pad_tokens(ids, length, pad_id=theirs.pad_id, bos_id=start,
+                                        eos_id=theirs.eos_id)
+    return {'tokens': tokens, 'mask': mask}
 
   def baseline(self, split: str) -> dict[str, float]:
     """{'lm_nll', 'lm_perplexity'}: the text_vae.baseline_workdir model on the split's rows."""
     if split not in self._baseline:
-      source = self.config.text_vae.baseline_workdir
-      run, params, kind = self._baseline_run()
-      theirs = run.task.tokenizer
-      # A GPT's documents follow an end of document in training; the decoder's follow bos.
-      start = theirs.eos_id if kind == 'gpt' else theirs.bos_id
-      ids = theirs.encode_batch(self.kept_texts(split))
-      length = self.config.text.seq_len
-      if theirs.model_proto != self.tokenizer.model_proto:
-        # Whole documents only: a cut one would differ between tokenizers.
-        if self.config.text_vae.long_documents != 'drop':
-          raise DataError(f"text_vae.baseline_workdir={source!r} has another tokenizer; allowed "
-                          f"with it: text_vae.long_documents='drop' (whole sentences only)")
-        length = max(map(len, ids)) + 2
-      if length - 1 > run.config.model.max_len:
-        raise DataError(f'text_vae.baseline_workdir={source!r} reads at most model.max_len='
-                        f'{run.config.model.max_len} tokens; a sentence here needs {length - 1}')
-      tokens, mask = text_data.pad_tokens(ids, length, pad_id=theirs.pad_id, bos_id=start,
-                                          eos_id=theirs.eos_id)
-      nll, targets = [], []
-      for batch in text_data.lm_eval_batches({'tokens': tokens, 'mask': mask},
-                                             self.config.train.eval_batch_size):
-        real = int(batch['row_mask'].sum())
-        n, t = jax.device_get(_sentence_nll(run.task.model, kind, params, batch['tokens'],
-                                            batch['mask']))
-        nll.append(n[:real])
-        targets.append(t[:real])
-      nll, targets = np.concatenate(nll), np.concatenate(targets)
+      run, kind = self._baseline_run()
+      nll, targets = over_rows(
+          lambda b: _sentence_nll(run.params, b['tokens'], b['mask'], model=run.task.model,
+                                  kind=kind),
+          self._baseline_rows(split, run, kind), self.config.train.eval_batch_size)
       self._baseline[split] = {
           'lm_nll': float(nll.mean()),
           'lm_perplexity': math.exp(min(float(nll.sum() / targets.sum()), 80.0))}
@@ -259,25 +251,19 @@ class TextVAETask:
   # --- uses ---
   def latent_means(self, params, texts: list[str]) -> np.ndarray:
     """(len(texts), latent_dim) posterior means: the sentence features."""
-    texts = language.clean_texts(self.config, list(texts))  # as the training text was
+    texts = text.clean_texts(self.config, list(texts))  # as the training text was
     rows = self._token_rows(self.tokenizer.encode_batch(texts))
-    means = []
-    for batch in text_data.lm_eval_batches(rows, self.config.train.eval_batch_size):
-      mean, _ = _encode(self.model, params, batch['tokens'], batch['mask'])
-      means.append(np.asarray(mean)[:int(batch['row_mask'].sum())])
-    return np.concatenate(means)
+    return over_rows(lambda b: _encode(self.model, params, b['tokens'], b['mask'])[0], rows,
+                     self.config.train.eval_batch_size)
 
   def decode_latents(self, params, z, *, prompt: str = '', seed: int = 0,
                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                      max_new_tokens: int = 0, use_cache: bool = True) -> list[str]:
     """The text each row of z (N, latent_dim) decodes to after `bos prompt` (greedy by
     default), cut at its end of sentence."""
-    ids = [self.tokenizer.bos_id] + self.tokenizer.encode(prompt)
-    room = self.config.model.max_len - len(ids)
-    if room < 1:
-      raise DataError(f'the prompt is {len(ids)} tokens; allowed: fewer than model.max_len='
-                      f'{self.config.model.max_len}')
-    new = min(max_new_tokens or self.config.text.seq_len - 1, room)
+    ids, new = text.prompt_ids(self.tokenizer, self.tokenizer.bos_id, prompt,
+                               self.config.model.max_len,
+                               max_new_tokens or self.config.text.seq_len - 1)
     z = np.asarray(z, np.float32)
     # Rows padded to a multiple of 8: a few shapes compile, whatever the number asked for.
     padded = np.zeros((-(-len(z) // 8) * 8, z.shape[1]), np.float32)
@@ -287,12 +273,7 @@ class TextVAETask:
                                rng=jax.random.PRNGKey(seed), temperature=temperature,
                                top_k=top_k, top_p=top_p, use_cache=use_cache,
                                eos_id=self.tokenizer.eos_id)
-    texts = []
-    for row in jax.device_get(out)[:len(z), 1:].tolist():
-      if self.tokenizer.eos_id in row[len(ids) - 1:]:
-        row = row[:row.index(self.tokenizer.eos_id, len(ids) - 1)]
-      texts.append(self.tokenizer.decode(row))
-    return texts
+    return text.continuations(self.tokenizer, out[:len(z)], len(ids))
 
   def sample_text(self, params, *, prompt: str, num: int, seed: int, temperature: float = 0.8,
                   top_k: int = 40, top_p: float = 1.0, max_new_tokens: int = 0,
@@ -325,15 +306,13 @@ class TextVAETask:
                                                     num=t.num_samples, seed=self.config.seed,
                                                     temperature=0.0, top_k=0))]
     sentences = self.kept_texts(self.config.data.eval_split)[:max(t.num_samples, 2)]
-    for text, recon in zip(sentences, self.reconstruct(params, sentences)):
-      lines.append(f'--- reconstruction (greedy from the posterior mean) ---\n{text}\n=> {recon}')
+    for original, recon in zip(sentences, self.reconstruct(params, sentences)):
+      lines.append(f'--- reconstruction (greedy from the posterior mean) ---\n{original}\n'
+                   f'=> {recon}')
     _, path = self.homotopy(params, sentences[0], sentences[1], steps=5)
     lines.append('--- homotopy ---\n' + '\n'.join(f'{i / 4:.2f}: {s}' for i, s in
                                                    enumerate(path)))
-    out = os.path.join(workdir, 'samples.txt')
-    with open(out + '.tmp', 'w') as f:
-      f.write('\n'.join(lines) + '\n')
-    os.replace(out + '.tmp', out)
+    shards.write_atomic(os.path.join(workdir, 'samples.txt'), ('\n'.join(lines) + '\n').encode())
 
   def describe(self) -> dict:
     d, m = self.config.data, self.config.model
@@ -343,7 +322,7 @@ class TextVAETask:
              'train_dropped_long_fraction': self._dropped[d.train_split],
              'vocab_size': self.tokenizer.vocab_size, 'latent_dim': m.latent_dim,
              'encoder_type': m.encoder_type, 'latent_conditioning': m.latent_conditioning,
-             **attention_facts(m)}
+             **backend_facts(m)}
     if self.config.text_vae.baseline_workdir:
       facts.update(baseline_workdir=self.config.text_vae.baseline_workdir,
                    baseline_step=self.baseline_step)

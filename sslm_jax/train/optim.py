@@ -1,11 +1,43 @@
 """The Optax optimizer a config asks for: adam (default), adamw or sgd, a learning-rate
 schedule, optional global-norm gradient clipping, and for classifiers an encoder learning-rate
-multiplier (0 freezes the encoder: a linear probe)."""
+multiplier (0 freezes the encoder: a linear probe). `OptimizerConfig` is the `optimizer`
+section (a classifier's adds `encoder_learning_rate_multiplier`: sslm_jax/tasks/classification.py).
+"""
+
+import dataclasses
 
 import jax
 import optax
 
+from sslm_jax.config import Checker, Section
+
 ENCODER = 'encoder'  # the top-level parameter key of a classifier's encoder (models/heads.py)
+OPTIMIZERS = ('adam', 'adamw', 'sgd')
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'linear')
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(Section):
+  name: str = 'adam'
+  learning_rate: float = 1e-3
+  schedule: str = 'constant'
+  warmup_steps: int = 0
+  end_learning_rate_factor: float = 0.0  # cosine/linear decay to lr * this
+  b1: float = 0.9
+  b2: float = 0.999
+  weight_decay: float = 1e-4      # adamw only
+  momentum: float = 0.9           # sgd only; 0 = plain SGD
+  grad_clip_norm: float = 0.0     # 0 = no clipping
+
+  def check(self, c: Checker) -> None:
+    c.choice('name', OPTIMIZERS)
+    c.choice('schedule', SCHEDULES)
+    c.number('learning_rate', 0, low_open=True)
+    c.integer('warmup_steps', minimum=0)
+    for key in ('end_learning_rate_factor', 'b1', 'b2', 'momentum'):
+      c.number(key, 0, 1)
+    for key in ('weight_decay', 'grad_clip_norm'):
+      c.number(key, 0)
 
 
 def encoder_labels(params) -> dict:
@@ -18,16 +50,16 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
   lr, warmup = config.learning_rate, config.warmup_steps
   end = lr * config.end_learning_rate_factor
   decay_steps = max(total_steps - warmup, 1)
-  if config.schedule == 'constant':
-    schedule = optax.constant_schedule(lr)
-  elif config.schedule == 'cosine':
-    schedule = optax.cosine_decay_schedule(lr, decay_steps, alpha=config.end_learning_rate_factor)
-  elif config.schedule == 'warmup_cosine':
+  if config.schedule == 'warmup_cosine':
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), end)
-  elif config.schedule == 'linear':
-    schedule = optax.linear_schedule(lr, end, decay_steps)
-  else:
-    raise ValueError(f'optimizer.schedule={config.schedule!r}')
+  decays = {
+      'constant': lambda: optax.constant_schedule(lr),
+      'cosine': lambda: optax.cosine_decay_schedule(lr, decay_steps,
+                                                    alpha=config.end_learning_rate_factor),
+      'linear': lambda: optax.linear_schedule(lr, end, decay_steps)}
+  if config.schedule not in decays:
+    raise ValueError(f'optimizer.schedule={config.schedule!r}; allowed: {SCHEDULES}')
+  schedule = decays[config.schedule]()
   if warmup:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
   return schedule
@@ -36,15 +68,15 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   """`config` is the `optimizer` section of a run config."""
   lr = learning_rate_schedule(config, total_steps)
-  if config.name == 'adam':
-    tx = optax.adam(lr, b1=config.b1, b2=config.b2)
-  elif config.name == 'adamw':
-    tx = optax.adamw(lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay)
-  elif config.name == 'sgd':
-    tx = optax.sgd(lr, momentum=config.momentum or None)
-  else:
-    raise ValueError(f'optimizer.name={config.name!r}')
-  multiplier = config.encoder_learning_rate_multiplier
+  optimizers = {
+      'adam': lambda: optax.adam(lr, b1=config.b1, b2=config.b2),
+      'adamw': lambda: optax.adamw(lr, b1=config.b1, b2=config.b2,
+                                   weight_decay=config.weight_decay),
+      'sgd': lambda: optax.sgd(lr, momentum=config.momentum or None)}
+  if config.name not in optimizers:
+    raise ValueError(f'optimizer.name={config.name!r}; allowed: {OPTIMIZERS}')
+  tx = optimizers[config.name]()
+  multiplier = config.get('encoder_learning_rate_multiplier', 1.0)
   if multiplier != 1.0:
     # set_to_zero also stops weight decay, so a frozen encoder stays bit for bit as loaded.
     encoder_tx = optax.set_to_zero() if multiplier == 0 else \

@@ -1,10 +1,12 @@
 """Device layout of training: data parallelism as jit over a Mesh (default) or pmap, and processes.
 
-The only module that decides where arrays live. The step itself is `step.make_train_step`:
+The only module that decides where arrays live. A `Strategy` runs the one train step
+(`step.make_train_step`) data-parallel; `JitStrategy` and `PmapStrategy` are the two, chosen
+once from the config's `parallel` section (`from_config`, which is also that section's
+`ParallelConfig`), and the loop uses either through the same methods:
 
-  mesh = make_mesh(data=-1, fsdp=1)         # every device on 'data'
-  ps = compile_train_step(make_train_step(loss_fn, tx), mesh=mesh, state_example=state)
-  # pmap: compile_train_step(make_train_step(loss_fn, tx, axis_name=AXIS), mode='pmap')
+  ps = compile_train_step(loss_fn, tx, mode='jit', mesh=make_mesh(data=-1, fsdp=1),
+                          state_example=state)
   state = ps.place_state(state)
   for host_batch in batches:                # numpy; this process's rows (process_slice)
     state, metrics = ps.step(state, ps.place_batch(host_batch))
@@ -17,23 +19,28 @@ and the step is the single-device program, so its randomness is the same for any
 
 pmap: in maintenance mode since JAX 0.8 (implemented over jit + shard_map), kept for parity with
 older code. The state is replicated on the local devices, batch rows are dealt round-robin
-(replica r gets rows r, r + n, ...) and the step must be made with `axis_name=AXIS`; each replica
-draws its own noise, so pmap over n devices equals one device with `grad_accum_steps=n`.
+(replica r gets rows r, r + n, ...) and the step averages over the `AXIS` of the replicas; each
+replica draws its own noise, so pmap over n devices equals one device with `grad_accum_steps=n`.
 
 Many processes: call `initialize_distributed` first, feed each process `process_slice` of every
 global batch; `make_mesh` orders devices by process, so those rows land on its own devices.
 """
 
+import abc
+import dataclasses
 import os
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-AXIS = 'data'             # the data-parallel axis; pmap steps need make_train_step(axis_name=AXIS)
+from sslm_jax.config import Checker, Section
+from sslm_jax.train import step as step_lib
+
+AXIS = 'data'             # the data-parallel axis (pmap's replicas, the mesh's first)
 MESH_AXES = (AXIS, 'fsdp')
-MODES = ('jit', 'pmap')
 # Environment variables that ask initialize_distributed for many processes without arguments.
 DISTRIBUTED_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
 
@@ -143,89 +150,60 @@ def _check_process_rows(sharding: NamedSharding, n: int) -> None:
                         f'ordered by process, as make_mesh builds')
 
 
-class ParallelStep:
-  """A train step compiled for a device layout; see `compile_train_step`."""
+class Strategy(abc.ABC):
+  """The train step run data-parallel on a device layout: compile, place, step, unplace.
 
-  def __init__(self, train_step, *, mode: str = 'jit', mesh: Mesh | None = None,
-               state_example=None):
-    if mode not in MODES:
-      raise ParallelError(f'mode={mode!r}; allowed: {", ".join(map(repr, MODES))}')
-    self.mode = mode
-    self.grad_accum_steps = getattr(train_step, 'grad_accum_steps', 1)
-    step_axis = getattr(train_step, 'axis_name', None)
-    if mode == 'pmap':
-      if step_axis != AXIS:
-        raise ParallelError(f"mode='pmap' needs a step made with make_train_step(..., "
-                            f'axis_name={AXIS!r}); this one has axis_name={step_axis!r}')
-      if mesh is not None and mesh.shape[MESH_AXES[1]] != 1:
-        raise ParallelError(f"mode='pmap' replicates the state; got a mesh with fsdp="
-                            f"{mesh.shape[MESH_AXES[1]]}; allowed: fsdp=1, or mode='jit'")
-      devices = jax.local_devices() if mesh is None else list(mesh.devices.flat)
-      if any(d.process_index != jax.process_index() for d in devices):
-        raise ParallelError("mode='pmap' runs on this process's devices; allowed: a mesh of "
-                            "local devices, or mode='jit' across processes")
-      self.mesh = Mesh(np.asarray(devices, dtype=object), (AXIS,))
-      self._stacked = NamedSharding(self.mesh, P(AXIS))
-      self._step = jax.pmap(train_step, axis_name=AXIS, devices=devices, donate_argnums=0)
-    else:
-      if step_axis is not None:
-        raise ParallelError(f"mode='jit' needs a step made with axis_name=None (the mesh decides "
-                            f'the all-reduce); this one has axis_name={step_axis!r}')
-      if state_example is None:
-        raise ParallelError("mode='jit' needs state_example (a state or its ShapeDtypeStructs) "
-                            'to lay out parameters and optimizer state')
-      self.mesh = make_mesh() if mesh is None else mesh
-      fsdp = self.mesh.shape[MESH_AXES[1]]
-      self.state_sharding = jax.tree.map(
-          lambda x: NamedSharding(self.mesh, _fsdp_spec(np.shape(x), fsdp)), state_example)
-      self.batch_sharding = NamedSharding(self.mesh, P(MESH_AXES))  # rows over every device
-      replicated = NamedSharding(self.mesh, P())
-      self._step = jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding),
-                           out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-      _check_process_rows(self.batch_sharding, self.mesh.devices.size)
+  Made by `from_config` or `compile_train_step`; `compile` must run before `step`. The layout
+  (mesh, batch split) is checked when the strategy is made, before any work.
+  """
+  mode: ClassVar[str]
+  axis_name: ClassVar[str | None]  # the named axis the pure step averages over
+
+  def __init__(self, mesh: Mesh, grad_accum_steps: int = 1):
+    self.mesh, self.grad_accum_steps = mesh, _positive('grad_accum_steps', grad_accum_steps)
     self.num_devices = self.mesh.devices.size
+    self._step = None
     # XLA's CPU collectives can deadlock when steps with all-reduces are queued back to back on
     # simulated devices (jax-facts.md: a per-step block_until_ready removed it in 18 of 18 runs).
     self._must_wait = self.mesh.devices.flat[0].platform == 'cpu' and self.num_devices > 1
 
+  def compile(self, loss_fn, tx, *, state_example=None) -> 'Strategy':
+    """Compiles the step of `loss_fn` and `tx` for this layout; returns the strategy."""
+    train_step = step_lib.make_train_step(loss_fn, tx, grad_accum_steps=self.grad_accum_steps,
+                                          axis_name=self.axis_name)
+    self._step = self._compile(train_step, state_example)
+    return self
+
+  @abc.abstractmethod
+  def _compile(self, train_step, state_example): ...
+
+  @abc.abstractmethod
   def place_state(self, state):
-    """The state laid out for `step`: replicated per device (pmap), or by `state_sharding`."""
-    if self.mode == 'pmap':
-      n = self.num_devices
-      return jax.tree.map(
-          lambda x: jax.device_put(jnp.broadcast_to(x, (n,) + np.shape(x)), self._stacked), state)
-    return jax.tree.map(_put, state, self.state_sharding)
+    """The state laid out for `step`."""
 
+  @abc.abstractmethod
   def unplace_state(self, state):
-    """A state for single-device code and the checkpointer: replica 0 (pmap), else `state`."""
-    if self.mode == 'pmap':
-      return jax.tree.map(_first_replica, state)
-    return state
+    """A state for single-device code and the checkpointer."""
 
+  @abc.abstractmethod
   def place_batch(self, host_batch: dict) -> dict:
     """This process's rows (numpy, leading axis = examples) as the step's device arrays."""
-    rows = _leading_rows(host_batch)
-    if self.mode == 'pmap':
-      n, k = self.num_devices, self.grad_accum_steps
-      if rows % (n * k):
-        raise ParallelError(
-            f'pmap: a batch of {rows} rows cannot be split over {n} local devices x '
-            f'grad_accum_steps={k}; allowed: a multiple of {n * k} rows per process')
-      # Round-robin: (rows, ...) -> (n, rows // n, ...) with replica r holding rows r, r + n, ...
-      return jax.tree.map(lambda x: jax.device_put(
-          np.swapaxes(np.reshape(x, (rows // n, n) + np.shape(x)[1:]), 0, 1), self._stacked),
-          host_batch)
-    check_batch(rows * jax.process_count(), self.mesh, self.grad_accum_steps)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-        self.batch_sharding, np.asarray(x), (rows * jax.process_count(),) + np.shape(x)[1:]),
-        host_batch)
+
+  @abc.abstractmethod
+  def restore_target(self, init_state):
+    """What a checkpoint restores into (`from_restored` then makes it the step's state)."""
+
+  def from_restored(self, state):
+    """The step's state from what `restore_target` restored (or the target itself)."""
+    return state
+
+  def _metrics(self, metrics: dict) -> dict:
+    return metrics
 
   def step(self, state, batch) -> tuple[object, dict]:
     """One update (state donated); metrics are scalars, the same on every device and process."""
     state, metrics = self._step(state, batch)
-    if self.mode == 'pmap':
-      metrics = jax.tree.map(_first_replica, metrics)
-    return self.wait((state, metrics))
+    return self.wait((state, self._metrics(metrics)))
 
   def wait(self, x):
     """Blocks on `x` where needed (CPU with many devices, see __init__); returns `x`."""
@@ -234,17 +212,130 @@ class ParallelStep:
     return x
 
 
-def compile_train_step(train_step, *, mode: str = 'jit', mesh: Mesh | None = None,
-                       state_example=None) -> ParallelStep:
-  """`train_step` from `make_train_step`, run data-parallel.
+class JitStrategy(Strategy):
+  """jit over a (data, fsdp) mesh with explicit shardings (see the module docstring)."""
+  mode = 'jit'
+  axis_name = None  # the mesh decides the all-reduce
+
+  def __init__(self, mesh: Mesh | None = None, grad_accum_steps: int = 1):
+    super().__init__(make_mesh() if mesh is None else mesh, grad_accum_steps)
+    self.batch_sharding = NamedSharding(self.mesh, P(MESH_AXES))  # rows over every device
+    _check_process_rows(self.batch_sharding, self.num_devices)
+
+  def _compile(self, train_step, state_example):
+    if state_example is None:
+      raise ParallelError("mode='jit' needs state_example (a state or its ShapeDtypeStructs) "
+                          'to lay out parameters and optimizer state')
+    fsdp = self.mesh.shape[MESH_AXES[1]]
+    self.state_sharding = jax.tree.map(
+        lambda x: NamedSharding(self.mesh, _fsdp_spec(np.shape(x), fsdp)), state_example)
+    replicated = NamedSharding(self.mesh, P())
+    return jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding),
+                   out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+
+  def place_state(self, state):
+    return jax.tree.map(_put, state, self.state_sharding)
+
+  def unplace_state(self, state):
+    return state
+
+  def place_batch(self, host_batch: dict) -> dict:
+    rows = _leading_rows(host_batch)
+    check_batch(rows * jax.process_count(), self.mesh, self.grad_accum_steps)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        self.batch_sharding, np.asarray(x), (rows * jax.process_count(),) + np.shape(x)[1:]),
+        host_batch)
+
+  def restore_target(self, init_state):
+    return self.place_state(init_state)  # each process reads its own shards
+
+
+class PmapStrategy(Strategy):
+  """pmap over this process's devices: state replicated, rows dealt round-robin."""
+  mode = 'pmap'
+  axis_name = AXIS
+
+  def __init__(self, mesh: Mesh | None = None, grad_accum_steps: int = 1):
+    if mesh is not None and mesh.shape[MESH_AXES[1]] != 1:
+      raise ParallelError(f"mode='pmap' replicates the state; got a mesh with fsdp="
+                          f"{mesh.shape[MESH_AXES[1]]}; allowed: fsdp=1, or mode='jit'")
+    devices = jax.local_devices() if mesh is None else list(mesh.devices.flat)
+    if any(d.process_index != jax.process_index() for d in devices):
+      raise ParallelError("mode='pmap' runs on this process's devices; allowed: a mesh of "
+                          "local devices, or mode='jit' across processes")
+    super().__init__(Mesh(np.asarray(devices, dtype=object), (AXIS,)), grad_accum_steps)
+    self._stacked = NamedSharding(self.mesh, P(AXIS))
+
+  def _compile(self, train_step, state_example):
+    del state_example  # the state is replicated whatever its shapes
+    return jax.pmap(train_step, axis_name=AXIS, devices=list(self.mesh.devices.flat),
+                    donate_argnums=0)
+
+  def place_state(self, state):
+    n = self.num_devices
+    return jax.tree.map(
+        lambda x: jax.device_put(jnp.broadcast_to(x, (n,) + np.shape(x)), self._stacked), state)
+
+  def unplace_state(self, state):
+    return jax.tree.map(_first_replica, state)  # replica 0
+
+  def place_batch(self, host_batch: dict) -> dict:
+    rows = _leading_rows(host_batch)
+    n, k = self.num_devices, self.grad_accum_steps
+    if rows % (n * k):
+      raise ParallelError(
+          f'pmap: a batch of {rows} rows cannot be split over {n} local devices x '
+          f'grad_accum_steps={k}; allowed: a multiple of {n * k} rows per process')
+    # Round-robin: (rows, ...) -> (n, rows // n, ...) with replica r holding rows r, r + n, ...
+    return jax.tree.map(lambda x: jax.device_put(
+        np.swapaxes(np.reshape(x, (rows // n, n) + np.shape(x)[1:]), 0, 1), self._stacked),
+        host_batch)
+
+  def restore_target(self, init_state):
+    return init_state
+
+  def from_restored(self, state):
+    return self.place_state(state)
+
+  def _metrics(self, metrics: dict) -> dict:
+    return jax.tree.map(_first_replica, metrics)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {'jit': JitStrategy, 'pmap': PmapStrategy}
+MODES = tuple(STRATEGIES)
+
+
+def strategy(mode: str = 'jit', *, mesh: Mesh | None = None,
+             grad_accum_steps: int = 1) -> Strategy:
+  """The strategy of `mode` on `mesh` (jit: default every device on 'data'; pmap: default the
+  local devices)."""
+  if mode not in STRATEGIES:
+    raise ParallelError(f'mode={mode!r}; allowed: {", ".join(map(repr, MODES))}')
+  return STRATEGIES[mode](mesh, grad_accum_steps)
+
+
+def compile_train_step(loss_fn, tx, *, mode: str = 'jit', mesh: Mesh | None = None,
+                       grad_accum_steps: int = 1, state_example=None) -> Strategy:
+  """The train step of `loss_fn` and `tx` (`step.make_train_step`), run data-parallel.
 
   Args:
-    train_step: the pure step; for pmap made with `axis_name=AXIS`, for jit without.
+    loss_fn, tx: the loss and optimizer of the step.
     mode: 'jit' (default; a jit over `mesh` with explicit shardings) or 'pmap'.
     mesh: from `make_mesh`; jit defaults to every device on 'data', pmap to the local devices.
+    grad_accum_steps: micro-batches a step.
     state_example: a train state (or ShapeDtypeStructs) for jit's state layout.
   """
-  return ParallelStep(train_step, mode=mode, mesh=mesh, state_example=state_example)
+  return strategy(mode, mesh=mesh, grad_accum_steps=grad_accum_steps).compile(
+      loss_fn, tx, state_example=state_example)
+
+
+def from_config(parallel_config, train_config) -> Strategy:
+  """The strategy of a run's `parallel` section, its layout checked against `train`'s batch."""
+  p, t = parallel_config, train_config
+  mesh = None if p.mode == 'pmap' else make_mesh(p.mesh_data, p.mesh_fsdp)
+  check_batch(t.batch_size, mesh if mesh is not None else jax.local_device_count(),
+              t.grad_accum_steps)
+  return strategy(p.mode, mesh=mesh, grad_accum_steps=t.grad_accum_steps)
 
 
 def initialize_distributed(coordinator_address: str = '', num_processes: int = 1,
@@ -296,6 +387,33 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-__all__ = ['AXIS', 'MESH_AXES', 'ParallelError', 'ParallelStep', 'check_batch',
-           'compile_train_step', 'initialize_distributed', 'is_primary', 'make_mesh',
-           'process_slice']
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig(Section):
+  """The `parallel` section: the strategy and its layout, and the processes of a job."""
+  mode: str = 'jit'               # jit over a device mesh, or pmap (maintenance mode in JAX)
+  mesh_data: int = -1             # -1 = every device not used by fsdp
+  mesh_fsdp: int = 1              # > 1 shards parameters and optimizer state
+  coordinator_address: str = ''   # many hosts: host:port of process 0
+  num_processes: int = 1
+  process_id: int = 0
+
+  def check(self, c: Checker) -> None:
+    c.choice('mode', MODES)
+    c.check(c.valid('mesh_data') and (self.mesh_data == -1 or self.mesh_data >= 1), 'mesh_data',
+            '-1 (all devices left) or an integer >= 1')
+    if c.integer('mesh_fsdp'):
+      c.check(self.mode == 'jit' or self.mesh_fsdp == 1, 'mesh_fsdp',
+              "1 with parallel.mode='pmap' (pmap replicates parameters); use mode 'jit' to "
+              "shard them")
+    c.check(isinstance(self.coordinator_address, str), 'coordinator_address',
+            "'host:port' of process 0, or '' for one process")
+    if c.integer('num_processes') & c.integer('process_id', minimum=0):
+      c.check(self.process_id < self.num_processes, 'process_id',
+              f'0 .. parallel.num_processes - 1 = {self.num_processes - 1}')
+      c.check(self.num_processes == 1 or bool(self.coordinator_address), 'coordinator_address',
+              "'host:port' of process 0 when parallel.num_processes > 1")
+
+
+__all__ = ['AXIS', 'MESH_AXES', 'JitStrategy', 'ParallelConfig', 'ParallelError',
+           'PmapStrategy', 'Strategy', 'check_batch', 'compile_train_step', 'from_config',
+           'initialize_distributed', 'is_primary', 'make_mesh', 'process_slice', 'strategy']

@@ -3,7 +3,8 @@
 `make_train_step(loss_fn, tx)` returns a pure `(state, batch) -> (state, metrics)`; `loss_fn` is
 `loss(params, batch, rng) -> (loss, metrics)` with model and config already bound. Compilation
 (and any device layout) is the caller's choice, so the same function serves single-device jit,
-jit over a mesh and pmap (`sslm_jax/train/parallel.py`).
+jit over a mesh and pmap (`sslm_jax/train/parallel.py`, whose strategies make and compile it);
+the step knows of devices only the named axis it may be asked to average over.
 
 Mixed precision is the model's compute dtype (`model.dtype`); parameters, gradients and the
 optimizer state stay float32 (Flax's param_dtype), and the step casts loss and metrics to float32.
@@ -86,9 +87,9 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
     tx: the optimizer.
     grad_accum_steps: k > 1 splits the batch's leading axis into k micro-batches (a `lax.scan`),
       averaging gradients and metrics: one update from k times less activation memory.
-    axis_name: set when the step runs under `jax.pmap(..., axis_name=...)`; gradients, loss and
-      metrics are then averaged over that axis (`lax.pmean`). Leave None for jit, where sharding
-      decides the all-reduce.
+    axis_name: a named axis the step runs over (e.g. `jax.pmap(..., axis_name=...)`'s): gradients,
+      loss and metrics are then averaged over it (`lax.pmean`). None: no such axis (under jit,
+      sharding decides the all-reduce).
   """
   if not isinstance(grad_accum_steps, int) or isinstance(grad_accum_steps, bool) or \
       grad_accum_steps < 1:
@@ -107,9 +108,6 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
     metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  # Read by parallel.compile_train_step: the batch split it must check, the pmap axis it needs.
-  train_step.grad_accum_steps = grad_accum_steps
-  train_step.axis_name = axis_name
   return train_step
 
 
