@@ -233,8 +233,12 @@ def run_pipeline(config, workdir: str, *, command: str = '') -> dict:
       results['baseline'] = run_baseline(config, labelled, os.path.join(workdir, 'baseline'),
                                          cache)
   with timings.step('report'):
+    names = report_lib.RunNames(
+        pipeline_lib.PRETRAIN_RUN, {r: pipeline_lib.finetune_run_name(r)
+                                    for r in config.finetune.regimes}, pipeline_lib.SCRATCH_RUN)
     report = report_lib.write_report(
-        workdir, config=config, runs=runs, stats=stats, summaries=summaries, results=results,
-        curves={name: read_metrics(os.path.join(workdir, name)) for name in runs},
+        workdir, config=config, names=names, runs=runs, stats=stats, summaries=summaries,
+        results=results, curves={name: read_metrics(os.path.join(workdir, name)) for name in runs},
         timings=timings.steps, command=command)
+    writers.write_json(os.path.join(workdir, 'report.json'), report)
   return report

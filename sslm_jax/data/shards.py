@@ -412,31 +412,12 @@ def tokenize(config, out_dir: str, *, splits: tuple[str, ...] = (), workers: int
 
 def _tokenize_splits(config, out_dir, data_dir, sources, tokenizer, *, workers, rows_per_shard,
                      docs_per_unit, progress, tqdm) -> dict:
-  seq_len = config.text.seq_len
   dtype = token_dtype(tokenizer.vocab_size)
   tokenizer_sha = sha256_file(os.path.join(out_dir, TOKENIZER))
   plan = {**settings(config), 'tokenizer_sha256': tokenizer_sha, 'dtype': dtype,
           'rows_per_shard': rows_per_shard, 'docs_per_unit': docs_per_unit,
           'documents': {s: len(src) for s, src in sources.items()}}
-  work = os.path.join(out_dir, WORK)
-  plan_path = os.path.join(work, 'plan.json')
-  if os.path.exists(plan_path):
-    with open(plan_path) as f:
-      if json.load(f) != plan:
-        log.info('%s holds an interrupted job of other settings: starting over', work)
-        shutil.rmtree(work)
-  if not os.path.exists(plan_path):
-    for split in sources:  # shards of an unfinished job of other settings
-      shutil.rmtree(os.path.join(out_dir, split), ignore_errors=True)
-    os.makedirs(work, exist_ok=True)
-    write_atomic(plan_path, json.dumps(plan, indent=2).encode())
-  units = {split: [(split, start, min(start + docs_per_unit, len(src)),
-                    os.path.join(work, split, f'unit-{start // docs_per_unit:06d}.npz'), dtype)
-                   for start in range(0, len(src), docs_per_unit)]
-           for split, src in sources.items()}
-  for split in sources:
-    os.makedirs(os.path.join(work, split), exist_ok=True)
-    os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+  units = _work_units(out_dir, plan, sources)
   context = multiprocessing.get_context('spawn')  # never fork a process that may run JAX
   init = (data_dir, config.data.text_key, text_data.cleaning(config.text),
           tokenizer.model_proto)
@@ -453,33 +434,11 @@ def _tokenize_splits(config, out_dir, data_dir, sources, tokenizer, *, workers, 
                 'tokenizer': {'file': TOKENIZER, 'sha256': tokenizer_sha,
                               'vocab_size': tokenizer.vocab_size},
                 'dtype': dtype, 'rows_per_shard': rows_per_shard, 'splits': {}}
-    shard_jobs = {}
+    jobs = []
     for split, split_units in units.items():
-      unit_counts = np.asarray([np.load(u[3])['counts'] for u in split_units])
-      documents, chars, text_bytes, tokens = (int(c) for c in unit_counts.sum(0))
-      num_rows = max((tokens - 1) // seq_len, 0)
-      if num_rows == 0:
-        raise DataError(f'{config.data.name}:{split} gives no row of text.seq_len={seq_len} '
-                        f'tokens ({documents} non-empty documents, {tokens} tokens); allowed: a '
-                        f'smaller text.seq_len or more text')
-      ends = np.cumsum(unit_counts[:, 3])  # where each unit's stream ends
-      num_shards = math.ceil(num_rows / rows_per_shard)
-      files = [f'{split}/tokens-{j:05d}-of-{num_shards:05d}.array_record'
-               for j in range(num_shards)]
-      for j, file in enumerate(files):
-        first, last = j * rows_per_shard, min((j + 1) * rows_per_shard, num_rows)
-        lo, hi = first * seq_len, last * seq_len + 1
-        overlapping = [(u[3], int(end - n)) for u, end, n in zip(split_units, ends,
-                                                                unit_counts[:, 3])
-                       if end > lo and end - n < hi]
-        shard_jobs.setdefault(split, []).append(
-            (os.path.join(out_dir, file), first, last, seq_len, overlapping, dtype))
-      manifest['splits'][split] = {
-          'documents': documents, 'chars': chars, 'bytes': text_bytes, 'tokens': tokens,
-          'rows': num_rows, 'chars_per_token': (chars + documents) / tokens,
-          'bytes_per_token': (text_bytes + documents) / tokens,
-          'shards': [{'file': f} for f in files]}
-    jobs = [j for js in shard_jobs.values() for j in js]
+      manifest['splits'][split], split_jobs = _split_shards(config, out_dir, split, split_units,
+                                                            rows_per_shard, dtype)
+      jobs += split_jobs
     with tqdm(total=len(jobs), unit='shard', disable=not progress, desc='write shards') as bar:
       written = {job[0]: entry for job, entry in zip(jobs, _shards_in_order(jobs, pool, bar))}
   finally:
@@ -490,8 +449,62 @@ def _tokenize_splits(config, out_dir, data_dir, sources, tokenizer, *, workers, 
     for shard in entry['shards']:
       shard.update(written[os.path.join(out_dir, shard['file'])])
   write_atomic(os.path.join(out_dir, MANIFEST), json.dumps(manifest, indent=2).encode())
-  shutil.rmtree(work)
+  shutil.rmtree(os.path.join(out_dir, WORK))
   return manifest
+
+
+def _work_units(out_dir: str, plan: dict, sources: dict) -> dict:
+  """{split: its units (split, first doc, end doc, unit file, dtype)}, in out_dir/.work: the
+  finished units of an interrupted job of the same plan are kept, another plan's dropped."""
+  work = os.path.join(out_dir, WORK)
+  plan_path = os.path.join(work, 'plan.json')
+  if os.path.exists(plan_path):
+    with open(plan_path) as f:
+      if json.load(f) != plan:
+        log.info('%s holds an interrupted job of other settings: starting over', work)
+        shutil.rmtree(work)
+  if not os.path.exists(plan_path):
+    for split in sources:  # shards of an unfinished job of other settings
+      shutil.rmtree(os.path.join(out_dir, split), ignore_errors=True)
+    os.makedirs(work, exist_ok=True)
+    write_atomic(plan_path, json.dumps(plan, indent=2).encode())
+  per_unit = plan['docs_per_unit']
+  units = {split: [(split, start, min(start + per_unit, len(src)),
+                    os.path.join(work, split, f'unit-{start // per_unit:06d}.npz'), plan['dtype'])
+                   for start in range(0, len(src), per_unit)]
+           for split, src in sources.items()}
+  for split in sources:
+    os.makedirs(os.path.join(work, split), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+  return units
+
+
+def _split_shards(config, out_dir: str, split: str, split_units: list, rows_per_shard: int,
+                  dtype: str) -> tuple[dict, list]:
+  """(the split's manifest entry, the jobs writing its shards) from its tokenized units."""
+  seq_len = config.text.seq_len
+  unit_counts = np.asarray([np.load(u[3])['counts'] for u in split_units])
+  documents, chars, text_bytes, tokens = (int(c) for c in unit_counts.sum(0))
+  num_rows = max((tokens - 1) // seq_len, 0)
+  if num_rows == 0:
+    raise DataError(f'{config.data.name}:{split} gives no row of text.seq_len={seq_len} '
+                    f'tokens ({documents} non-empty documents, {tokens} tokens); allowed: a '
+                    f'smaller text.seq_len or more text')
+  ends = np.cumsum(unit_counts[:, 3])  # where each unit's stream ends
+  num_shards = math.ceil(num_rows / rows_per_shard)
+  files = [f'{split}/tokens-{j:05d}-of-{num_shards:05d}.array_record' for j in range(num_shards)]
+  jobs = []
+  for j, file in enumerate(files):
+    first, last = j * rows_per_shard, min((j + 1) * rows_per_shard, num_rows)
+    lo, hi = first * seq_len, last * seq_len + 1
+    overlapping = [(u[3], int(end - n)) for u, end, n in zip(split_units, ends, unit_counts[:, 3])
+                   if end > lo and end - n < hi]
+    jobs.append((os.path.join(out_dir, file), first, last, seq_len, overlapping, dtype))
+  entry = {'documents': documents, 'chars': chars, 'bytes': text_bytes, 'tokens': tokens,
+           'rows': num_rows, 'chars_per_token': (chars + documents) / tokens,
+           'bytes_per_token': (text_bytes + documents) / tokens,
+           'shards': [{'file': f} for f in files]}
+  return entry, jobs
 
 
 def _shards_in_order(jobs, pool, bar) -> list[dict]:

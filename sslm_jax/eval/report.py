@@ -1,13 +1,15 @@
 """A pipeline's report: report.json (the numbers), report.md (the numbers read as an answer),
-confusion_matrix.png and curves.png, written into the pipeline's folder."""
+confusion_matrix.png and curves.png, written into the pipeline's folder.
 
+The pipeline names its runs (`RunNames`); report.md is one function a section.
+"""
+
+import dataclasses
 import os
 
 import numpy as np
 
-from sslm_jax import pipeline_config as pipeline_lib
 from sslm_jax.eval import plots
-from sslm_jax.train import writers
 
 # What a pretraining evaluation reports that a reader compares (text, then images).
 _PRETRAIN_METRICS = ('loss', 'perplexity', 'accuracy', 'bits_per_char', 'objective', 'mse', 'kl',
@@ -16,16 +18,27 @@ REPORTED = ('accuracy', 'macro_precision', 'macro_recall', 'macro_f1', 'micro_f1
             'weighted_f1')
 
 
-def _entries(config, results: dict) -> dict:
+@dataclasses.dataclass(frozen=True)
+class RunNames:
+  """The folders of a pipeline's runs: pretraining, fine-tuning (regime -> folder, the first is
+  the report's), from scratch."""
+  pretrain: str
+  finetune: dict
+  scratch: str
+
+  @property
+  def main(self) -> str:
+    return next(iter(self.finetune.values()))
+
+
+def _entries(names: RunNames, results: dict) -> dict:
   """report.json's entries: pretrained (the first regime), pretrained_<other regime>, scratch,
   baseline, majority; each with the test metrics and how it was obtained."""
   entries = {}
-  regimes = config.finetune.regimes
-  for i, regime in enumerate(regimes):
-    run = pipeline_lib.finetune_run_name(regime)
+  for i, (regime, run) in enumerate(names.finetune.items()):
     entries['pretrained' if i == 0 else f'pretrained_{regime}'] = (run, regime)
-  if pipeline_lib.SCRATCH_RUN in results:
-    entries['scratch'] = (pipeline_lib.SCRATCH_RUN, 'full')
+  if names.scratch in results:
+    entries['scratch'] = (names.scratch, 'full')
   out = {}
   for key, (run, regime) in entries.items():
     r = results[run]
@@ -60,9 +73,10 @@ def _epochs_per_step(summary: dict) -> float:
   return epochs / steps if steps else 0.0
 
 
-def _curves_picture(path: str, curves: dict, summaries: dict, eval_splits: dict) -> None:
-  pre = curves.get(pipeline_lib.PRETRAIN_RUN, [])
-  pre_eval = eval_splits[pipeline_lib.PRETRAIN_RUN]
+def _curves_picture(path: str, names: RunNames, curves: dict, summaries: dict,
+                    eval_splits: dict) -> None:
+  pre = curves.get(names.pretrain, [])
+  pre_eval = eval_splits[names.pretrain]
   evals = [r for r in pre if r['split'] == pre_eval]
   # An evaluation reports the training objective as 'loss' (text) or 'objective' (images).
   key = 'loss' if evals and 'loss' in evals[0] else 'objective'
@@ -72,7 +86,7 @@ def _curves_picture(path: str, curves: dict, summaries: dict, eval_splits: dict)
       f'{pre_eval} {key}': ([r['step'] for r in evals], [r.get(key, np.nan) for r in evals])}}]
   loss, f1 = {}, {}
   for name, records in curves.items():
-    if name == pipeline_lib.PRETRAIN_RUN:
+    if name == names.pretrain:
       continue
     per_step = _epochs_per_step(summaries.get(name, {}))
     label = name.replace('finetune_', '')
@@ -105,52 +119,64 @@ def _verdict(entries: dict) -> list[str]:
   return lines
 
 
-def write_report(workdir: str, *, config, runs: dict, stats: dict, summaries: dict,
-                 results: dict, curves: dict, timings: dict, command: str = '') -> dict:
-  """Writes report.json, report.md, confusion_matrix.png and curves.png; returns report.json."""
-  entries = _entries(config, results)
-  names = stats['class_names']
+def _write_md(path: str, lines: list[str]) -> None:
+  with open(path + '.tmp', 'w') as f:
+    f.write('\n'.join(lines))
+  os.replace(path + '.tmp', path)
+
+
+def write_report(workdir: str, *, config, names: RunNames, runs: dict, stats: dict,
+                 summaries: dict, results: dict, curves: dict, timings: dict,
+                 command: str = '') -> dict:
+  """Writes report.md, confusion_matrix.png and curves.png; returns report.json's content."""
+  entries = _entries(names, results)
   test = stats['splits']['test']
-  eval_splits = {name: run.data.eval_split for name, run in runs.items()}
   report = {
       'tasks': {config.name: entries},
-      'dataset': stats['dataset'], 'num_classes': len(names),
+      'dataset': stats['dataset'], 'num_classes': len(stats['class_names']),
       'test_split': test['name'], 'test_examples': test['examples'],
       'metric_notes': 'macro means over the classes present in the test labels or '
                       'predictions; checkpoints selected on validation macro-F1 only',
-      'pretrain': {k: v for k, v in summaries.get(pipeline_lib.PRETRAIN_RUN, {}).items()
+      'pretrain': {k: v for k, v in summaries.get(names.pretrain, {}).items()
                    if isinstance(v, (int, float, str))},
       'wall_seconds': {k: v['seconds'] for k, v in timings.items()},
   }
-  writers.write_json(os.path.join(workdir, 'report.json'), report)
-
-  main = pipeline_lib.finetune_run_name(config.finetune.regimes[0])
   plots.save_confusion_matrix(os.path.join(workdir, 'confusion_matrix.png'),
-                              np.asarray(results[main]['confusion']), names,
+                              np.asarray(results[names.main]['confusion']), stats['class_names'],
                               title=f'pretrained, {test["name"]}')
-  _curves_picture(os.path.join(workdir, 'curves.png'), curves, summaries, eval_splits)
+  eval_splits = {name: run.data.eval_split for name, run in runs.items()}
+  _curves_picture(os.path.join(workdir, 'curves.png'), names, curves, summaries, eval_splits)
+  md = (_summary_md(config, stats, entries, command) + _data_md(stats, runs, summaries, names) +
+        _pretraining_md(config.pretrain, summaries.get(names.pretrain, {}),
+                        curves.get(names.pretrain, [])) +
+        _finetuning_md(names, runs, summaries, results, curves, eval_splits) +
+        _per_class_md(stats, names, entries, results) + _timings_md(timings))
+  _write_md(os.path.join(workdir, 'report.md'), md)
+  return report
 
-  pre_cfg = config.pretrain
+
+def _summary_md(config, stats: dict, entries: dict, command: str) -> list[str]:
+  pre, test = config.pretrain, stats['splits']['test']
   md = [f'# {config.name}: does self-supervised pretraining help?', '']
   if command:
     md += [f'Command: `{command}`', '']
-  md += [f'Dataset `{stats["dataset"]}` ({len(names)} classes, label `{stats["label_key"]}`); '
-         f'pretraining: {pre_cfg.model.name} / {pre_cfg.objective.name}; every number below is '
-         f'on the {test["name"]} split ({test["examples"]} examples), evaluated once per model '
-         f'after choosing its checkpoint on validation macro-F1.', '']
-  md += _verdict(entries) + ['']
-
-  md += ['## Results (test split)', '']
+  md += [f'Dataset `{stats["dataset"]}` ({len(stats["class_names"])} classes, label '
+         f'`{stats["label_key"]}`); pretraining: {pre.model.name} / {pre.objective.name}; every '
+         f'number below is on the {test["name"]} split ({test["examples"]} examples), evaluated '
+         f'once per model after choosing its checkpoint on validation macro-F1.', '']
+  md += _verdict(entries) + ['', '## Results (test split)', '']
   rows = []
   for key, e in entries.items():
     how = e.get('method') or f'{e["run"]}, step {e["selected_step"]}'
     rows.append([key, how] + [e[k] for k in REPORTED] + [e.get('validation_macro_f1')])
   md += _table(['entry', 'how', 'accuracy', 'macro P', 'macro R', 'macro F1', 'micro F1',
                 'weighted F1', 'validation macro F1'], rows)
-  md += ['Macro means are over the classes present in the test labels or predictions '
-         '(scikit-learn\'s default); micro F1 equals accuracy (one label an example).', '']
+  return md + ['Macro means are over the classes present in the test labels or predictions '
+               '(scikit-learn\'s default); micro F1 equals accuracy (one label an example).', '']
 
-  md += ['## Data', '']
+
+def _data_md(stats: dict, runs: dict, summaries: dict, names: RunNames) -> list[str]:
+  md = ['## Data', '']
   if stats['validation_carved']:
     train_name = stats['splits']['train']['name']
     md += [f'The dataset has no validation split here: validation is a stratified '
@@ -169,43 +195,46 @@ def write_report(workdir: str, *, config, runs: dict, stats: dict, summaries: di
     rows.append(row)
   md += _table(['role', 'split', 'examples', 'classes present', 'min/class', 'median/class',
                 'max/class', 'largest class share', 'chars mean / median / max or shape'], rows)
-  ft = summaries.get(main, {})
+  ft = summaries.get(names.main, {})
   if 'train_truncated_fraction' in ft:
-    md += [f'Texts longer than text.seq_len={runs[main].text.seq_len} tokens (cut): '
+    md += [f'Texts longer than text.seq_len={runs[names.main].text.seq_len} tokens (cut): '
            f'{ft["train_truncated_fraction"]:.1%} of the training split.', '']
+  return md
 
-  pre = summaries.get(pipeline_lib.PRETRAIN_RUN, {})
-  md += ['## Pretraining', '']
+
+def _pretraining_md(pre_cfg, pre: dict, records: list[dict]) -> list[str]:
+  split = pre_cfg.data.eval_split
+  md = ['## Pretraining', '']
   md += [f'{pre_cfg.model.name} / {pre_cfg.objective.name}: {pre.get("parameters", "?")} '
          f'parameters, {pre.get("steps", "?")} steps ({_fmt(pre.get("epochs"), 2)} epochs) of '
          f'batch {pre_cfg.train.batch_size}, {pre_cfg.optimizer.name} lr '
-         f'{pre_cfg.optimizer.learning_rate}. Final {pre_cfg.data.eval_split} ' +
-         ', '.join(f'{k} {_fmt(pre[f"{pre_cfg.data.eval_split}_{k}"], 4)}' for k in
-                   _PRETRAIN_METRICS if f'{pre_cfg.data.eval_split}_{k}' in pre) + '.', '']
-  records = curves.get(pipeline_lib.PRETRAIN_RUN, [])
-  evals = [r for r in records if r['split'] == pre_cfg.data.eval_split]
+         f'{pre_cfg.optimizer.learning_rate}. Final {split} ' +
+         ', '.join(f'{k} {_fmt(pre[f"{split}_{k}"], 4)}' for k in _PRETRAIN_METRICS
+                   if f'{split}_{k}' in pre) + '.', '']
+  evals = [r for r in records if r['split'] == split]
   train = [r for r in records if r['split'] == 'train']
   keys = [k for k in _PRETRAIN_METRICS if evals and k in evals[0]]
   rows = []
   for r in evals:
     before = [t['loss'] for t in train if t['step'] <= r['step']]
     rows.append([r['step'], before[-1] if before else None] + [r.get(k) for k in keys])
-  md += _table(['step', 'train loss'] + [f'{pre_cfg.data.eval_split} {k}' for k in keys], rows)
-  md += ['![curves](curves.png)', '']
+  md += _table(['step', 'train loss'] + [f'{split} {k}' for k in keys], rows)
+  return md + ['![curves](curves.png)', '']
 
-  md += ['## Fine-tuning', '']
+
+def _finetuning_md(names: RunNames, runs: dict, summaries: dict, results: dict, curves: dict,
+                   eval_splits: dict) -> list[str]:
+  fine = [n for n in runs if n != names.pretrain]
   rows = []
-  for name in runs:
-    if name == pipeline_lib.PRETRAIN_RUN:
-      continue
+  for name in fine:
     c, s = runs[name], summaries.get(name, {})
     rows.append([name, 'yes' if c.classifier.init_from else 'no',
                  c.optimizer.encoder_learning_rate_multiplier, c.optimizer.learning_rate,
                  c.train.batch_size, s.get('steps'), _fmt(s.get('epochs'), 2),
                  c.objective.class_weights, c.classifier.pooling, results[name]['selected_step']])
+  md = ['## Fine-tuning', '']
   md += _table(['run', 'pretrained', 'encoder lr x', 'lr', 'batch', 'steps', 'epochs',
                 'class weights', 'pooling', 'selected step'], rows)
-  fine = [n for n in runs if n != pipeline_lib.PRETRAIN_RUN]
   by_step = {}
   for name in fine:
     for r in curves.get(name, []):
@@ -214,24 +243,23 @@ def write_report(workdir: str, *, config, runs: dict, stats: dict, summaries: di
   rows = [[step] + [f'{by_step[step][n]["accuracy"]:.3f} / {by_step[step][n]["macro_f1"]:.3f}'
                     if n in by_step[step] else '' for n in fine] for step in sorted(by_step)]
   md += ['Validation accuracy / macro-F1 after each evaluation:', '']
-  md += _table(['step'] + fine, rows)
+  return md + _table(['step'] + fine, rows)
 
-  md += ['## Per class (test F1)', '']
-  train_counts = stats['splits']['train']['class_counts']
+
+def _per_class_md(stats: dict, names: RunNames, entries: dict, results: dict) -> list[str]:
+  class_names, train_counts = stats['class_names'], stats['splits']['train']['class_counts']
   cols = [k for k in ('pretrained', 'scratch', 'baseline') if k in entries]
-  runs_of = {'pretrained': main, 'scratch': pipeline_lib.SCRATCH_RUN, 'baseline': 'baseline'}
-  rows = [[names[i], train_counts[i], results[main]['support'][i]] +
-          [results[runs_of[k]]['per_class_f1'][i] for k in cols] for i in range(len(names))]
+  runs_of = {'pretrained': names.main, 'scratch': names.scratch, 'baseline': 'baseline'}
+  rows = [[class_names[i], train_counts[i], results[names.main]['support'][i]] +
+          [results[runs_of[k]]['per_class_f1'][i] for k in cols] for i in range(len(class_names))]
+  md = ['## Per class (test F1)', '']
   md += _table(['class', 'train examples', 'test support'] + [f'F1 {k}' for k in cols], rows)
-  md += ['## Confusion matrix (pretrained, test)', '', '![confusion matrix](confusion_matrix.png)',
-         '']
+  return md + ['## Confusion matrix (pretrained, test)', '',
+               '![confusion matrix](confusion_matrix.png)', '']
 
-  md += ['## Wall time', '']
+
+def _timings_md(timings: dict) -> list[str]:
+  md = ['## Wall time', '']
   md += _table(['step', 'seconds', 'invocations'],
                [[k, round(v['seconds'], 1), v['invocations']] for k, v in timings.items()])
-  md += ['(`report` is timed after this file is written; timings.json has it.)', '']
-  tmp = os.path.join(workdir, 'report.md.tmp')
-  with open(tmp, 'w') as f:
-    f.write('\n'.join(md))
-  os.replace(tmp, os.path.join(workdir, 'report.md'))
-  return report
+  return md + ['(`report` is timed after this file is written; timings.json has it.)', '']

@@ -311,6 +311,21 @@ def apply_rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> j
   return out.astype(x.dtype)
 
 
+def _through_cache(cache, key, value, positions, mask):
+  """(keys, values, mask) of a decode step: the new keys (already rotated) and values go in at
+  the cache index; the queries, at absolute positions index..index+length-1, see every cached
+  key up to their own position. `cache`: the (key, value, index) cache variables, updated."""
+  cached_key, cached_value, cache_index = cache
+  index = cache_index.value
+  cached_key.value = lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
+  cached_value.value = lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0))
+  cache_index.value = index + key.shape[1]
+  max_len = cached_key.value.shape[1]
+  cache_mask = jnp.arange(max_len)[None, :] <= positions[:, None]  # (length, max_len)
+  mask = cache_mask if mask is None else jnp.logical_and(mask, cache_mask)
+  return cached_key.value, cached_value.value, mask
+
+
 class MultiHeadAttention(nn.Module):
   """Self-attention with query/key/value/out projections, optional RoPE and a decode cache.
 
@@ -335,6 +350,14 @@ class MultiHeadAttention(nn.Module):
   decode: bool = False
   implementation: Optional[str] = None
 
+  def _head_dim(self, features: int) -> int:
+    if self.head_dim is not None:
+      return self.head_dim
+    if features % self.num_heads:
+      raise ValueError(f'features {features} is not divisible by num_heads {self.num_heads}; '
+                       'set head_dim explicitly')
+    return features // self.num_heads
+
   @nn.compact
   def __call__(self, x: jax.Array, *, mask: Optional[jax.Array] = None, causal: bool = False,
                deterministic: bool = True) -> jax.Array:
@@ -346,12 +369,7 @@ class MultiHeadAttention(nn.Module):
     if x.ndim != 3:
       raise ValueError(f'x must be (batch, length, features); got shape {x.shape}')
     features = x.shape[-1]
-    head_dim = self.head_dim
-    if head_dim is None:
-      if features % self.num_heads:
-        raise ValueError(f'features {features} is not divisible by num_heads {self.num_heads}; '
-                         'set head_dim explicitly')
-      head_dim = features // self.num_heads
+    head_dim = self._head_dim(features)
 
     def proj(name):
       return nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype,
@@ -373,22 +391,15 @@ class MultiHeadAttention(nn.Module):
             or cached_key.value.shape[2:] != key.shape[2:]):
           raise ValueError(f'decode input {x.shape} does not fit the cache '
                            f'{cached_key.value.shape} (batch, max_len, heads, head_dim)')
-        index = cache_index.value
-        positions = index + positions
+        positions = cache_index.value + positions
 
     if self.use_rotary:
       query = apply_rotary(query, positions, self.rotary_base)
       key = apply_rotary(key, positions, self.rotary_base)
 
     if use_cache:
-      # New keys (already rotated) go in at `index`; the queries, at absolute positions
-      # index..index+length-1, see every cached key up to their own position.
-      cached_key.value = lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
-      cached_value.value = lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0))
-      cache_index.value = index + length
-      key, value = cached_key.value, cached_value.value
-      cache_mask = jnp.arange(max_len)[None, :] <= positions[:, None]  # (length, max_len)
-      mask = cache_mask if mask is None else jnp.logical_and(mask, cache_mask)
+      key, value, mask = _through_cache((cached_key, cached_value, cache_index), key, value,
+                                        positions, mask)
       causal = False
 
     use_dropout = self.dropout_rate > 0.0 and not deterministic
