@@ -215,3 +215,36 @@ def interleaved_times(makers: dict, *, warmup: int, steps: int, repeats: int, la
     for name, runner in runners.items():
       times[name] += timed(runner, steps)
   return runners, times, rss_growth, errors
+
+
+# --- the markdown of results tables -----------------------------------------------------------
+
+def fmt(value, spec: str = '.1f') -> str:
+  """`value` formatted, or '-' where it was not measured (None)."""
+  return '-' if value is None else format(value, spec)
+
+
+def ms_cell(row: dict, name: str) -> str:
+  """'median (p10-p90)' of `row`'s `{name}_ms*` timings, or '-'."""
+  if row.get(f'{name}_ms') is None:
+    return '-'
+  return f'{fmt(row[f"{name}_ms"])} ({fmt(row[f"{name}_ms_p10"])}-{fmt(row[f"{name}_ms_p90"])})'
+
+
+def table_head(columns: list[str]) -> list[str]:
+  """The header and separator lines of a markdown table."""
+  return ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+
+
+def load_warning(load: dict, cpu_count: int, advice: str) -> list[str]:
+  """A paragraph warning that the machine was oversubscribed while measuring, or nothing."""
+  if max(load['start'], load['end']) <= cpu_count:
+    return []
+  return ['', f'Warning: the machine was oversubscribed (load average above its {cpu_count} '
+              f'CPUs). {advice}']
+
+
+def failures(rows: list[dict], label) -> list[str]:
+  """The errors of the rows (`label(row)` names each), as a paragraph, or nothing."""
+  errors = [f'- {label(r)}: {k}: {v}' for r in rows for k, v in (r.get('errors') or {}).items()]
+  return ['', 'Failures (reported as `-`):', *errors] if errors else []

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._common import table_head  # noqa: E402
 from sslm_jax.kernels import onednn_conv  # noqa: E402
 from sslm_jax.models.layers import CONV_TRANSPOSE_IMPLS, conv_transpose_2x  # noqa: E402
 
@@ -42,8 +43,7 @@ def main():
   rng = np.random.default_rng(0)
   impls = CONV_TRANSPOSE_IMPLS + (('onednn',) if onednn_conv.resolve('auto') == 'onednn' else ())
   totals = dict.fromkeys(impls, 0.0)
-  print('| layer | ' + ' | '.join(f'{impl} ms' for impl in impls) + ' | max diff |')
-  print('|---' * (len(impls) + 2) + '|')
+  print('\n'.join(table_head(['layer', *(f'{impl} ms' for impl in impls), 'max diff'])))
   for side, cin, cout in SEED_LAYERS:
     x = jnp.asarray(rng.normal(size=(args.batch, side, side, cin)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(4, 4, cin, cout)), jnp.float32)

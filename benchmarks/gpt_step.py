@@ -61,8 +61,9 @@ import time
 # repository root that holds the `benchmarks` package.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks._common import (command_line, gpt_flops_per_token, interleaved_times, machine,
-                                peak_rss_mb, peak_tflops, summary, versions, write_results)
+from benchmarks._common import (command_line, failures, fmt, gpt_flops_per_token,
+                                interleaved_times, load_warning, machine, ms_cell, peak_rss_mb,
+                                peak_tflops, summary, table_head, versions, write_results)
 from sslm_jax import host_memory
 
 if __name__ == '__main__':
@@ -357,15 +358,6 @@ def metadata(args, rows: list[str]) -> dict:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-  def fmt(value, spec='.1f'):
-    return '-' if value is None else format(value, spec)
-
-  def cell(row, name):
-    if row[f'{name}_ms'] is None:
-      return '-'
-    return (f'{fmt(row[f"{name}_ms"])} ({fmt(row[f"{name}_ms_p10"])}-'
-            f'{fmt(row[f"{name}_ms_p90"])})')
-
   settings = meta['settings']
   peaks = sorted({(r['dtype'], r['peak_tflops'], r['peak_source']) for r in rows})
   lines = [
@@ -385,30 +377,26 @@ def markdown(rows: list[dict], meta: dict) -> str:
       f'{meta["load_average_1min"]["end"]:.1f} at the end. Host allocator (both frameworks): '
       f'{meta["machine"]["host_allocator"]}.',
       '',
-      '| row | dtype | attention (JAX) | JAX ms | torch eager ms | eager 1-thread ms | '
-      'torch.compile ms | JAX tok/s | eager tok/s | eager 1-thread tok/s | compile tok/s | '
-      'speedup vs eager | vs eager 1-thread | vs compile | MFU JAX / eager / 1-thread / compile '
-      '| model GFLOP/step (XLA) |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+      *table_head(['row', 'dtype', 'attention (JAX)', 'JAX ms', 'torch eager ms',
+                   'eager 1-thread ms', 'torch.compile ms', 'JAX tok/s', 'eager tok/s',
+                   'eager 1-thread tok/s', 'compile tok/s', 'speedup vs eager',
+                   'vs eager 1-thread', 'vs compile', 'MFU JAX / eager / 1-thread / compile',
+                   'model GFLOP/step (XLA)']),
   ]
   for r in rows:
     lines.append(
         f'| {r["row"]} ({r["batch_size"]} x {r["seq_len"]}, d {r["embed_dim"]}, L '
         f'{r["num_layers"]}, V {r["vocab_size"]}, dropout {r["dropout_rate"]:g}) | {r["dtype"]} '
         f'| {r["attention_impl"]} | '
-        + ' | '.join(cell(r, name) for name in RUNNERS) + ' | '
+        + ' | '.join(ms_cell(r, name) for name in RUNNERS) + ' | '
         + ' | '.join(fmt(r[f'{name}_tokens_per_s'], '.0f') for name in RUNNERS) + ' | '
         + ' | '.join(fmt(r[f'speedup_vs_{name}'], '.2f') for name in RUNNERS[1:])
         + ' | ' + ' / '.join(fmt(r[f'mfu_{name}'], '.2f') for name in RUNNERS)
         + f' | {fmt(r["model_gflop_per_step"])} ({fmt(r["jax_xla_gflop_per_step"])}) |')
-  load = meta['load_average_1min']
-  if max(load['start'], load['end']) > meta['machine']['cpu_count']:
-    lines += ['', f'Warning: the machine was oversubscribed (load average above its '
-              f'{meta["machine"]["cpu_count"]} CPUs). Multi-threaded PyTorch CPU kernels slow '
-              f'down badly then: compare with the 1-thread column, and rerun on a quiet machine.']
-  errors = [f'- row {r["row"]}: {k}: {v}' for r in rows for k, v in (r['errors'] or {}).items()]
-  if errors:
-    lines += ['', 'Failures (reported as `-`):', *errors]
+  lines += load_warning(meta['load_average_1min'], meta['machine']['cpu_count'],
+                        'Multi-threaded PyTorch CPU kernels slow down badly then: compare with '
+                        'the 1-thread column, and rerun on a quiet machine.')
+  lines += failures(rows, lambda r: f'row {r["row"]}')
   return '\n'.join(lines) + '\n'
 
 

@@ -43,6 +43,7 @@ if __name__ == '__main__':
 
 import numpy as np  # noqa: E402
 
+from benchmarks._common import rss_mb, table_head, write_results  # noqa: E402
 from sslm_jax.data import shards  # noqa: E402
 
 GPT_SHAPE = (32, 128)     # configs/gpt_fortunes.py's step (benchmarks/gpt_step.py's first row)
@@ -120,11 +121,6 @@ def cpu_seconds() -> float:
   """CPU time of this process and its finished or running children (worker processes)."""
   t = os.times()
   return t.user + t.system + t.children_user + t.children_system
-
-
-def rss_mb() -> float:
-  with open('/proc/self/statm') as f:
-    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
 
 
 def run_child(kind: str, **args) -> dict:
@@ -220,7 +216,7 @@ def markdown(r: dict) -> str:
       f'{m["load_start"]:.1f} at the start, {m["load_end"]:.1f} at the end. Loader: token shards '
       f'read by `StepIterator` (4 read-ahead threads; or 2 worker processes), global '
       f'`index_shuffle` order, {r["stream_steps"]} steps a run, each run in a fresh process.', '',
-      '| what | batch x seq | threads only | 2 worker processes |', '|---|---|---|---|']
+      *table_head(['what', 'batch x seq', 'threads only', '2 worker processes'])]
   for name, shape in (('loader tokens/s', GPT_SHAPE), ('loader tokens/s', LARGE_SHAPE)):
     key = f'{shape[0]}x{shape[1]}'
     lines.append(f'| {name} | {shape[0]} x {shape[1]} | {r["loader"][key]["threads"]:,.0f} | '
@@ -312,13 +308,7 @@ def main(argv=None) -> dict:
       'meta': {'command': ' '.join(['python', os.path.relpath(sys.argv[0])] + sys.argv[1:]),
                'cpu_count': os.cpu_count(), 'grain': grain.__version__,
                'load_start': load_start, 'load_end': os.getloadavg()[0]}}
-  table = markdown(results)
-  os.makedirs(args.out_dir, exist_ok=True)
-  with open(os.path.join(args.out_dir, 'input_pipeline.json'), 'w') as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(args.out_dir, 'input_pipeline.md'), 'w') as f:
-    f.write(table)
-  print(table)
+  write_results(args.out_dir, 'input_pipeline', results, markdown(results))
   return results
 
 

@@ -31,7 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ('jit', 'pmap')
 sys.path.insert(0, ROOT)  # the repository root holds the `benchmarks` package
 
-from benchmarks._common import write_results  # noqa: E402  (numpy only: no JAX before XLA_FLAGS)
+from benchmarks._common import (load_warning, table_head,  # noqa: E402  (numpy only: no JAX
+                                write_results)               # before XLA_FLAGS)
 
 TINY = {'encoder_features': (8, 16, 16), 'encoder_out_features': 16, 'decoder_hidden': (16,),
         'decoder_base_features': 8, 'decoder_features': (8, 8), 'latent_dim': 4}
@@ -154,9 +155,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
       f'devices running side by side on the cores), not scaling over real devices. Load average '
       f'(1 min) {load["start"]:.1f} at the start, {load["end"]:.1f} at the end.',
       '',
-      '| devices | per-device batch | jit ms | jit steps/s | jit ex/s | pmap ms | pmap steps/s | '
-      'pmap ex/s | first step s (jit / pmap) |',
-      '|---|---|---|---|---|---|---|---|---|',
+      *table_head(['devices', 'per-device batch', 'jit ms', 'jit steps/s', 'jit ex/s',
+                   'pmap ms', 'pmap steps/s', 'pmap ex/s', 'first step s (jit / pmap)']),
   ]
   for r in rows:
     cells = []
@@ -165,10 +165,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
                 f'{r[f"{mode}_steps_per_s"]:.2f}', f'{r[f"{mode}_examples_per_s"]:.0f}']
     lines.append(f'| {r["devices"]} | {r["per_device_batch"]} | ' + ' | '.join(cells) +
                  f' | {r["jit_first_step_s"]:.1f} / {r["pmap_first_step_s"]:.1f} |')
-  if max(load['start'], load['end']) > m['cpu_count']:
-    lines += ['', f'Warning: the machine was oversubscribed (load average above its '
-              f'{m["cpu_count"]} CPUs), so absolute times are inflated and noisy; compare jit '
-              f'with pmap within a row, where the interleaving shares the load.']
+  lines += load_warning(load, m['cpu_count'],
+                        'Absolute times are inflated and noisy then; compare jit with pmap '
+                        'within a row, where the interleaving shares the load.')
   return '\n'.join(lines) + '\n'
 
 

@@ -20,7 +20,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks._common import (gpt_flops_per_token, machine, peak_tflops,  # noqa: E402
-                                versions, write_results)
+                                table_head, versions, write_results)
 
 
 def parse_args(argv=None):
@@ -99,9 +99,8 @@ def main(argv=None) -> dict:
       f'({rate["windows_used"]} logging windows after the first {args.skip_logs}). MFU = '
       f'tokens/s x (6 N + 12 L T d) / peak, {peak:.4g} TFLOP/s ({source}).',
       '',
-      '| model | dtype | attention | batch x seq (accum) | steps/s | tokens/s | MFU | '
-      'final train loss |',
-      '|---|---|---|---|---|---|---|---|',
+      *table_head(['model', 'dtype', 'attention', 'batch x seq (accum)', 'steps/s', 'tokens/s',
+                   'MFU', 'final train loss']),
       f'| {n_params / 1e6:.1f}M FLOP params, L {m.num_layers}, d {m.embed_dim}, V {vocab} | '
       f'{m.dtype} | {result["attention_impl"]} | {batch} x {seq_len} '
       f'({config.train.grad_accum_steps}) | {rate["steps_per_s"]:.3f} | {tokens_per_s:,.0f} | '

@@ -31,8 +31,9 @@ import time
 # `python benchmarks/vae_step.py` (the documented command) puts benchmarks/ on the path, not the
 # repository root that holds the `benchmarks` package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._common import (command_line, interleaved_times, machine, peak_rss_mb, summary,
-                                versions, write_results)
+from benchmarks._common import (command_line, failures, fmt, interleaved_times, load_warning,
+                                machine, ms_cell, peak_rss_mb, summary, table_head, versions,
+                                write_results)
 from sslm_jax import host_memory
 
 if __name__ == '__main__':
@@ -187,15 +188,7 @@ def metadata(args) -> dict:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-  def fmt(value, spec='.1f'):
-    return '-' if value is None else format(value, spec)
-
-  def cell(row, name):
-    if row[f'{name}_ms'] is None:
-      return '-'
-    return (f'{fmt(row[f"{name}_ms"])} ({fmt(row[f"{name}_ms_p10"])}-'
-            f'{fmt(row[f"{name}_ms_p90"])})')
-
+  cell = ms_cell
   settings = meta['settings']
   lines = [
       '# Seed VAE train step: JAX vs PyTorch',
@@ -211,10 +204,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
       f'(`conv_impl=\'auto\'`); the "XLA convs" columns are the same step with '
       f'`conv_impl=\'xla\'`.',
       '',
-      '| batch | JAX ms | JAX, XLA convs ms | torch eager ms | torch.compile ms | speedup vs eager '
-      '| XLA convs vs eager | speedup vs compile | JAX ex/s | eager ex/s | GFLOP/step | '
-      'JAX GFLOP/s | RSS growth MB (JAX / XLA convs / eager / compile) |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+      *table_head(['batch', 'JAX ms', 'JAX, XLA convs ms', 'torch eager ms', 'torch.compile ms',
+                   'speedup vs eager', 'XLA convs vs eager', 'speedup vs compile', 'JAX ex/s',
+                   'eager ex/s', 'GFLOP/step', 'JAX GFLOP/s',
+                   'RSS growth MB (JAX / XLA convs / eager / compile)']),
   ]
   for r in rows:
     lines.append(
@@ -228,15 +221,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f'{fmt(r["jax_xla_conv_rss_growth_mb"], ".0f")} / '
         f'{fmt(r["torch_eager_rss_growth_mb"], ".0f")} / '
         f'{fmt(r["torch_compile_rss_growth_mb"], ".0f")} |')
-  load = meta['load_average_1min']
-  if max(load['start'], load['end']) > meta['machine']['cpu_count']:
-    lines += ['', f'Warning: the machine was oversubscribed (load average above its '
-              f'{meta["machine"]["cpu_count"]} CPUs). Multi-threaded PyTorch CPU kernels slow '
-              f'down badly then; compare with --torch_threads=1.']
-  errors = [f'- batch {r["batch_size"]}: {k}: {v}'
-            for r in rows for k, v in (r['errors'] or {}).items()]
-  if errors:
-    lines += ['', 'Failures (reported as `-`):', *errors]
+  lines += load_warning(meta['load_average_1min'], meta['machine']['cpu_count'],
+                        'Multi-threaded PyTorch CPU kernels slow down badly then; compare with '
+                        '--torch_threads=1.')
+  lines += failures(rows, lambda r: f'batch {r["batch_size"]}')
   return '\n'.join(lines) + '\n'
 
 

@@ -3,12 +3,11 @@
 A jitted step on XLA:CPU allocates its temporaries every call (74 MB for the seed VAE at batch
 64) and frees them at the end. glibc's malloc serves a block that size with a fresh `mmap` and
 unmaps it on free (its mmap threshold is capped at 32 MB), so every step page-faults the same
-memory back in: on the 2-core VM about 21,000 minor faults and 44 ms of kernel CPU time per VAE
-step, which made it 1.1-1.3x slower than under tcmalloc (benchmarks/README.md). glibc's own
-knobs (`mallopt`: one arena, no mmap, no trimming) remove the faults too but fragment the heap:
-with them, a function with one 64 MB temporary grew glibc's heap from 100 to 600 MB in 300
-calls. tcmalloc keeps freed pages in size-class caches, returns them to the kernel gradually,
-and stays bounded.
+memory back in, which made steps measurably slower than under tcmalloc. glibc's own knobs
+(`mallopt`: one arena, no mmap, no trimming) remove the faults too but fragment the heap.
+tcmalloc keeps freed pages in size-class caches, returns them to the kernel gradually, and stays
+bounded. (benchmarks/README.md, "Where the JAX step's time went", has the faults, times and heap
+sizes measured.)
 
 A process cannot switch allocators once running, so `exec_under_tcmalloc()` re-executes the
 current command with tcmalloc in LD_PRELOAD when it is installed (Debian/Ubuntu:
@@ -48,17 +47,28 @@ def tcmalloc_loaded() -> bool:
     return False
 
 
-def describe() -> str:
-  """Which allocator this process runs with, and why, in a few words."""
+def decide() -> tuple[str | None, str]:
+  """The one decision of this process's allocator: (the tcmalloc library to re-execute under,
+  or None to run as it is; which allocator the process then runs with, and why)."""
   if tcmalloc_loaded():
-    return 'tcmalloc'
+    return None, 'tcmalloc'
   if switched_off():
-    return f'the system malloc ({ENV_SWITCH}=0)'
+    return None, f'the system malloc ({ENV_SWITCH}=0)'
+  if not sys.platform.startswith('linux'):
+    return None, f'the system malloc (no tcmalloc rerun on {sys.platform})'
   if os.environ.get('LD_PRELOAD'):
-    return f'the system malloc, or LD_PRELOAD={os.environ["LD_PRELOAD"]}'
-  if tcmalloc_path() is None:
-    return 'the system malloc (tcmalloc not installed)'
-  return 'the system malloc'
+    return None, f'the system malloc, or LD_PRELOAD={os.environ["LD_PRELOAD"]}'
+  if os.environ.get(_RERUN_MARK):
+    return None, 'the system malloc (tcmalloc did not load in the rerun)'
+  library = tcmalloc_path()
+  if library is None:
+    return None, 'the system malloc (tcmalloc not installed)'
+  return library, 'the system malloc (until exec_under_tcmalloc reruns it under tcmalloc)'
+
+
+def describe() -> str:
+  """Which allocator this process runs with, and why, in a few words (`decide`'s)."""
+  return decide()[1]
 
 
 def switched_off() -> bool:
@@ -70,12 +80,10 @@ def exec_under_tcmalloc() -> None:
 
   It returns (and the command runs as it is) off Linux, with SSLM_JAX_TCMALLOC=0, when
   tcmalloc is loaded already or not installed, when LD_PRELOAD is set (the user's choice wins),
-  and in the rerun itself. Call it before any work: the exec discards what the process did.
+  and in the rerun itself (`decide`). Call it before any work: the exec discards what the
+  process did.
   """
-  if (switched_off() or not sys.platform.startswith('linux') or os.environ.get(_RERUN_MARK)
-      or os.environ.get('LD_PRELOAD') or tcmalloc_loaded()):
-    return
-  library = tcmalloc_path()
+  library, _ = decide()
   if library is None:
     return
   env = dict(os.environ, LD_PRELOAD=library, **{_RERUN_MARK: '1'})

@@ -90,7 +90,8 @@ def prepare(name: str, data_dir: str = '', manual_dir: str = '') -> tfds.core.Da
 
 
 def read_records(source, indices) -> list:
-  """Records `indices` of a tfds data source; batched reads are 4x faster than one by one."""
+  """Records `indices` of a tfds data source, in one batched read (benchmarks/README.md: far
+  faster than one by one)."""
   try:
     return source.__getitems__(indices)
   except (TypeError, AttributeError):  # tfds.testing.mock_data's source reads one at a time

@@ -13,8 +13,8 @@ newline 5; ids from `FIRST_NORMAL_ID` (5) on are text. Training settings, and wh
   (SentencePiece skips longer sentences silently).
 - `num_threads=1`: the same texts then give byte-identical models; with more threads the
   model depends on the thread count (measured on the 15,217 fortunes: 1, 4 and 16 threads gave
-  three different models). One thread trains a vocabulary of 8000 on fortunes' train split
-  (12,239 cookies) in about 4 s.
+  three different models). One thread is fast enough for a run's training split (benchmarks/
+  README.md, "Input pipeline").
 
 The literal text `[MASK]` encodes as the mask id.
 """

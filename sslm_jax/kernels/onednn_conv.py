@@ -1,8 +1,8 @@
 """2-D convolutions on XLA:CPU through oneDNN (the library PyTorch's CPU convolutions use).
 
 XLA:CPU runs convolutions and their gradients with Eigen kernels; on the seed VAE's stride-2 4x4
-layers those took 1.5-2x the time of oneDNN's (batch 64, 2-core AMD EPYC: the 16x16x64 ->
-8x8x128 layer's forward + both gradients 24 ms against 15). `onednn_conv.cc` exposes oneDNN's
+layers those took up to twice oneDNN's time (benchmarks/README.md, "Where the JAX step's time
+went"). `onednn_conv.cc` exposes oneDNN's
 forward, backward-data and backward-weights convolutions as XLA FFI handlers; this file builds
 it, registers it and gives JAX functions with their gradients:
 

@@ -77,8 +77,7 @@ class WholeMapConv(nn.Module):
 
   Same parameters (names, HWIO shape, init) as `nn.Conv(features, (h, w), padding='VALID')` on an
   (h, w) map; returns (batch, features). XLA:CPU ran the convolution form's gradients at a
-  fraction of its matmul speed (seed encoder, batch 64: forward + gradients 13.5 ms against
-  PyTorch's 7.6).
+  fraction of its matmul speed (benchmarks/README.md, "Where the JAX step's time went").
   """
   features: int
   dtype: jnp.dtype = jnp.float32

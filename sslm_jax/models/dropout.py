@@ -2,9 +2,8 @@
 
 On CPU, JAX lowers its threefry hash as a rolled 5-iteration loop (to keep compile times down),
 each iteration a separate pass over the whole array. `bernoulli` here computes the very same
-hash unrolled, which XLA fuses into one elementwise kernel: the 9 dropout masks of a
-configs/gpt_fortunes.py train step take about 12 ms of CPU time instead of about 60 (of a
-1.4 s step; benchmarks/README.md). It returns exactly the mask
+hash unrolled, which XLA fuses into one elementwise kernel, several times faster (benchmarks/
+README.md, "Where the JAX GPT step's time goes"). It returns exactly the mask
 `jax.random.bernoulli(key, p, shape)` would: same key, same bits, same comparison. Where that
 equality is not guaranteed (a key that is not threefry2x32, `jax_threefry_partitionable` or
 `jax_enable_x64` not at their defaults, 2^32 elements or more, p an array) it calls

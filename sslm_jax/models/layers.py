@@ -3,22 +3,18 @@
 `ConvTranspose2x` is PyTorch's `ConvTranspose2d(k=4, s=2, p=1)`: it doubles the spatial size.
 Its kernel is stored as (4, 4, in, out), which is PyTorch's (in, out, 4, 4) weight permuted, with
 no spatial flip, so checkpoints convert by a transpose alone. Two exact implementations share that
-one parameter (forward + both gradients of the seed decoder's three layers at batch 64 on a
-2-core CPU, `python benchmarks/conv_transpose_impls.py`; this VM's timings vary by up to 2x from
-run to run, the ratio much less):
+one parameter (`python benchmarks/conv_transpose_impls.py` times them; benchmarks/README.md, "Where
+the JAX step's time went", has the numbers, and the forms measured and not kept):
 
-- 'col2im' (default), 45-70 ms: one matmul (batch*h*w, in) @ (in, 16*out) gives every tap's
-  contribution, then an overlap-add of the 16 taps places them (output row 2i - 1 + k). Forward
-  and gradients are all well-shaped matmuls plus cheap pads and slices.
-- 'xla', 215-250 ms: `lax.conv_transpose`. Simple, but its gradient is slow on XLA:CPU.
+- 'col2im' (default): one matmul (batch*h*w, in) @ (in, 16*out) gives every tap's contribution,
+  then an overlap-add of the 16 taps places them (output row 2i - 1 + k). Forward and gradients
+  are all well-shaped matmuls plus cheap pads and slices; several times faster than 'xla' here.
+- 'xla': `lax.conv_transpose`. Simple, but its gradient is slow on XLA:CPU.
 
 On a single CPU device with the oneDNN kernels built (sslm_jax/kernels/onednn_conv.py,
 `conv_impl='auto'`), oneDNN computes the layer instead: as the adjoint (backward data) of the
-stride-2 convolution from the output map to the input, on the same parameter.
-
-(A 3x3 convolution to 4x the channels plus depth-to-space, exact too but with 20 of its 36 taps on
-zeros, measured 61-70 ms beside col2im's 35-45 in the same runs; it is not kept. Space-to-depth or
-im2col forms of the encoder's stride-2 convolutions measured no faster than XLA's own.)
+stride-2 convolution from the output map to the input, on the same parameter (the model decides:
+`sslm_jax.models.conv_vae.conv_impls`).
 """
 
 import math

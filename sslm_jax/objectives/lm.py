@@ -102,8 +102,8 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Arr
   log_z = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   # argmax == target, i.e. the target holds the row's maximum and no earlier id ties with it,
-  # without XLA's (value, index) reduction of argmax: on CPU that took 5% of a GPT step
-  # (benchmarks/README.md); max is shared with logsumexp and the tie check is one cheap pass.
+  # without XLA's (value, index) reduction of argmax, slow on CPU (benchmarks/README.md, "Where
+  # the JAX GPT step's time goes"); max is shared with logsumexp and the tie check is one pass.
   # Identical to jnp.argmax(logits, -1) == targets except on rows with a NaN (always wrong here).
   held = jax.lax.stop_gradient(logits)
   row_max = jnp.max(held, axis=-1)

@@ -7,7 +7,7 @@ Configs (the manual dir is passed as `DownloadConfig(manual_dir=...)`, as for id
   links, hidden files and subfolders such as `off/` are ignored), each block between lines
   holding only `%` is one example, id `<category>/<n>` (n-th non-empty cookie, from 0). Debian's
   fortunes (43 categories, 2.5 M characters) gives 15,217 cookies (2 to 1,251 a category):
-  train 12,239 / validation 1,502 / test 1,476; prepared in about 1 s.
+  train 12,239 / validation 1,502 / test 1,476.
 - `plain`: a folder holding class subfolders: one example per `*.txt` file, labelled by its
   subfolder (files are found at any depth inside it), id `<class>/<path>`. A flat folder of
   `*.txt` files, or one text file of any name: one example per paragraph (lines separated by
