@@ -111,6 +111,7 @@ def text_run(topics, tmp_path_factory):
   return config, workdir, pipeline.run_pipeline(config, str(workdir))
 
 
+@pytest.mark.slow
 def test_text_pipeline_writes_the_report(text_run):
   config, workdir, report = text_run
   entries = report['tasks']['classification']
@@ -140,6 +141,7 @@ def test_text_pipeline_writes_the_report(text_run):
   assert saved.data.test_split == '' and saved.data.eval_split == 'validation'
 
 
+@pytest.mark.slow
 def test_loading_the_pretraining_checkpoint_keeps_the_encoder_bit_identical(text_run):
   config, workdir, _ = text_run
   _, pretrained, _ = runs_lib.restore_params(str(workdir / 'pretrain'))
@@ -153,6 +155,7 @@ def test_loading_the_pretraining_checkpoint_keeps_the_encoder_bit_identical(text
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
 
 
+@pytest.mark.slow
 def test_linear_probe_leaves_the_encoder_unchanged(image_run, text_run):
   for (_, workdir, _), name, frozen in ((image_run, 'finetune_pretrained_linear_probe', True),
                                         (text_run, 'finetune_pretrained', False)):
@@ -164,6 +167,7 @@ def test_linear_probe_leaves_the_encoder_unchanged(image_run, text_run):
     assert all(same) if frozen else not all(same), name
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_retrains_nothing(text_run):
   config, workdir, report = text_run
   again = pipeline.run_pipeline(config, str(workdir))
@@ -175,6 +179,7 @@ def test_rerun_resumes_and_retrains_nothing(text_run):
   assert timings['pretrain']['invocations'] == 2
 
 
+@pytest.mark.slow
 def test_image_pipeline_on_idx_images_without_a_validation_split(image_run):
   _, workdir, report = image_run
   entries = report['tasks']['classification']

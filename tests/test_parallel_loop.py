@@ -23,6 +23,7 @@ from parallel_worker import LAYOUT_SETTINGS
 from test_language import text_config
 from test_parallel import worker_env
 
+pytestmark = pytest.mark.slow
 RTOL = 1e-5  # as test_parallel.py: rounding of other reduction orders, not grown by Adam
 RUNS = {'jit': {'parallel.mode': 'jit', 'train.grad_accum_steps': 1},
         'pmap': {'parallel.mode': 'pmap', 'train.grad_accum_steps': 1}}

@@ -325,6 +325,7 @@ def vae_run(sentence_corpus, lm_run, tmp_path_factory):
   return workdir, loop.train_and_evaluate(config, str(workdir))
 
 
+@pytest.mark.slow
 def test_tiny_run_trains_and_reports_bounds_beside_the_lm(vae_run, lm_run):
   workdir, summary = vae_run
   rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
@@ -354,6 +355,7 @@ def restored(vae_run):
   return run, params
 
 
+@pytest.mark.slow
 def test_homotopy_endpoints_are_the_latent_means_and_the_cli_uses(vae_run, restored, capsys):
   workdir, _ = vae_run
   run, params = restored
@@ -382,6 +384,7 @@ def test_homotopy_endpoints_are_the_latent_means_and_the_cli_uses(vae_run, resto
              for i, line in enumerate(outputs[0].splitlines()[1::2]))  # what draw() wrote
 
 
+@pytest.mark.slow
 def test_encoder_warm_start_loads_the_encoder_only(vae_run, restored, sentence_corpus,
                                                    tmp_path):
   source, _ = vae_run
