@@ -78,6 +78,7 @@ def test_old_states_are_the_states_built_now(name, data, tmp_path):
   assert state_tree(run) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ('vae', 'gpt'))
 def test_old_folders_resume_evaluate_and_sample(name, data, tmp_path, capsys):
   text = old_config_text(name, data[name])
