@@ -1,6 +1,7 @@
 """The seed's pipeline in one call: data, self-supervised pretraining, fine-tuning, evaluation.
 
-`run_pipeline(config, workdir)` (config: `sslm_jax.pipeline_config.pipeline_config()`) runs, in order:
+`run_pipeline(config, workdir)` (config: `sslm_jax.pipeline_config.pipeline_config(pretrain)`)
+runs, in order:
 
   data                      the labelled splits and their statistics (data_stats.json)
   pretrain                  the self-supervised run               -> <workdir>/pretrain

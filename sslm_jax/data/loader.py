@@ -26,7 +26,7 @@ asked): `MemoryRows` here, `sslm_jax.data.shards.TokenShards` (array_record toke
 import dataclasses
 import functools
 import math
-from typing import Iterator, Mapping, Protocol
+from typing import Iterator, Mapping, Protocol, runtime_checkable
 
 import grain
 import numpy as np
@@ -38,6 +38,7 @@ ORDERS = ('permutation', 'index_shuffle')
 DEVICE_PREFETCH = 2  # batches placed on the devices ahead of the step
 
 
+@runtime_checkable
 class RowSource(Protocol):
   def __len__(self) -> int: ...
 
@@ -63,7 +64,7 @@ class MemoryRows:
 
 def as_source(rows) -> RowSource:
   """`rows` itself when it reads rows, else MemoryRows of it (a dict of arrays or an array)."""
-  return rows if hasattr(rows, 'read') else MemoryRows(rows)
+  return rows if isinstance(rows, RowSource) else MemoryRows(rows)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
