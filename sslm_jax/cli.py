@@ -26,16 +26,19 @@ from sslm_jax import host_memory  # standard library only: no start-up cost
 USAGE_ERROR, RUN_ERROR = 2, 1
 
 
-def _name_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-  """(the --config.model.name / --config.objective.name flags of `argv`, the rest)."""
-  names, rest, i = [], [], 0
+_NAME_FLAGS = ('--config.model.name', '--config.objective.name')
+
+
+def _split_flags(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+  """(--config FILE, the flags that name the model or objective, the rest) of `argv`."""
+  groups, i = ([], [], []), 0
   while i < len(argv):
     flag = argv[i].split('=', 1)[0]
-    takes = flag in ('--config.model.name', '--config.objective.name')
-    value = [] if '=' in argv[i] or not takes or i + 1 == len(argv) else [argv[i + 1]]
-    (names if takes else rest).extend([argv[i]] + value)
+    group = 0 if flag == '--config' else 1 if flag in _NAME_FLAGS else 2
+    value = argv[i + 1:i + 2] if group < 2 and '=' not in argv[i] else []
+    groups[group].extend([argv[i]] + value)
     i += 1 + len(value)
-  return names, rest
+  return groups
 
 
 def _parse_config(argv: list[str], config=None):
@@ -68,15 +71,18 @@ def _load_config(argv: list[str], command: str = 'train'):
   from sslm_jax import config as config_lib
   from sslm_jax import pipeline_config as pipeline_lib
   from sslm_jax import runs
-  names, rest = _name_overrides(argv)
+  file, names, rest = _split_flags(argv)
   try:  # absl, OS, attribute and type errors: each becomes one config error message
-    config, workdir, path = _parse_config(argv if not names else _file_flags(argv) + names)
+    config, workdir, path = _parse_config(file + names + ([] if names else rest))
     if names and config is not None:
-      config, workdir, _ = _parse_config(_without_file(rest), runs.reshape(config))
+      config, workdir, _ = _parse_config(rest, runs.reshape(config))
   except config_lib.ConfigError:
     raise
   except Exception as e:  # noqa: BLE001
-    raise config_lib.ConfigError(f'{type(e).__name__}: {e}') from e
+    hint = ('; allowed: the keys of this run config, which holds those its model and objective '
+            'read (a --config.model.name or --config.objective.name flag reshapes it)'
+            if isinstance(e, (AttributeError, KeyError)) else '')
+    raise config_lib.ConfigError(f'{type(e).__name__}: {e}{hint}') from e
   if command == 'tokenize':
     if config is None:
       raise config_lib.ConfigError('data tokenize needs --config FILE (the run\'s config: its '
@@ -95,24 +101,6 @@ def _load_config(argv: list[str], command: str = 'train'):
   if config is None or workdir is None:
     raise config_lib.ConfigError('train needs --config FILE and --workdir DIR')
   return runs.validate(config), workdir
-
-
-def _file_flags(argv: list[str]) -> list[str]:
-  """The --config FILE flag of `argv`."""
-  for i, arg in enumerate(argv):
-    if arg.startswith('--config='):
-      return [arg]
-    if arg == '--config' and i + 1 < len(argv):
-      return argv[i:i + 2]
-  return []
-
-
-def _without_file(argv: list[str]) -> list[str]:
-  flags = _file_flags(argv)
-  if not flags:
-    return argv
-  i = argv.index(flags[0])
-  return argv[:i] + argv[i + len(flags):]
 
 
 def cmd_train(args, rest: list[str]) -> int:
