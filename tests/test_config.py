@@ -76,3 +76,19 @@ def test_every_shipped_config_is_valid(path):
     pipeline_config.validate_pipeline(config)
   else:
     validate(config)
+
+
+def test_a_flag_that_changes_the_objective_reshapes_the_config_first():
+  """`--config.objective.name=elbo` on the seed VAE's config works as it did when every config
+  held every key: the elbo keys are there for the flags after it, the seed's are gone."""
+  from sslm_jax import cli
+  config, _ = cli._load_config(['--config', 'configs/vae_mnist.py', '--workdir', '/unused',
+                                '--config.objective.name', 'elbo', '--config.objective.beta=2.0'])
+  assert (config.objective.name, config.objective.beta) == ('elbo', 2.0)
+  assert 'kl_weight' not in config.objective
+  with pytest.raises(ConfigError, match="'beta'.*--config.objective.name flag reshapes"):
+    cli._load_config(['--config', 'configs/vae_mnist.py', '--workdir', '/unused',
+                      '--config.objective.beta=2.0'])
+  with pytest.raises(ConfigError, match="objective.name='mlm' is invalid; allowed: 'seed'"):
+    cli._load_config(['--config', 'configs/vae_mnist.py', '--workdir', '/unused',
+                      '--config.objective.name=mlm'])
