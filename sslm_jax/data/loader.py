@@ -139,7 +139,7 @@ class StepIterator(grain.DatasetIterator):
   """Batches of steps `start`, `start + 1`, ... `stop - 1`, read and placed ahead of use.
 
   `prefetch` batches are read ahead by as many threads (or by `num_workers` worker processes,
-  each reading whole batches); `place` (e.g. `ParallelStep.place_batch`), when given, runs in a
+  each reading whole batches); `place` (e.g. `parallel.Strategy.place_batch`), when given, runs in a
   background thread that keeps DEVICE_PREFETCH placed batches ready. The state is
   {'step': next step}: what the train state's step says, whatever the layout of processes,
   threads and workers, so a run may resume with other ones.
