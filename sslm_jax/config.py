@@ -10,16 +10,20 @@ from typing import Any
 
 import ml_collections
 
-IMAGE_MODELS = ('vae', 'ae')
-TEXT_MODELS = ('gpt', 'bert', 'text_vae')
+IMAGE_MODELS = ('vae', 'ae', 'simclr')
+TEXT_MODELS = ('gpt', 'bert', 'text_vae', 'electra')
 MODELS = IMAGE_MODELS + TEXT_MODELS
 OBJECTIVES_FOR_MODEL = {'vae': ('seed', 'elbo', 'classification'),
                         'ae': ('mse', 'classification'),
+                        'simclr': ('simclr', 'classification'),
                         'gpt': ('causal_lm', 'denoising', 'classification'),
-                        'bert': ('mlm', 'classification'),
+                        'bert': ('mlm', 'simcse', 'classification'),
+                        'electra': ('electra', 'simcse', 'classification'),
                         'text_vae': ('text_vae', 'classification')}
 POOLINGS_FOR_MODEL = {'gpt': ('mean', 'last'), 'bert': ('mean', 'cls', 'last'),
+                      'electra': ('mean', 'cls', 'last'),  # the discriminator's hidden states
                       'vae': ('mean',), 'ae': ('mean',),  # images: the encoder's posterior mean
+                      'simclr': ('mean',),  # the encoder's output h
                       'text_vae': ('mean',)}  # the sentence's posterior mean
 TEXT_ENCODERS = ('transformer', 'gru')  # text_vae: sslm_jax/models/text_vae.py
 LATENT_CONDITIONINGS = ('embedding', 'prefix', 'both', 'none')
@@ -174,6 +178,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.parallel.coordinator_address = ''  # many hosts: host:port of process 0
   c.parallel.num_processes = 1
   c.parallel.process_id = 0
+
+  # Replaced-token detection and contrastive learning (objectives/electra.py, contrastive.py).
+  c.model.generator_fraction = 0.25  # electra: generator heads (so width, MLP) / discriminator's
+  c.model.projection_dim = 64        # simclr: projection head output (hidden: encoder_out_features)
+  c.objective.discriminator_weight = 50.0  # electra: generator MLM + this * replaced-token BCE
+  c.objective.temperature = 0.05     # simcse (InfoNCE), simclr (NT-Xent)
+  c.objective.crop_min_scale = 0.3   # simclr: smallest crop of a view, a fraction of the area
+  c.train.init_from = ''             # workdir of a run of this model whose newest parameters this
+                                     # one starts from (classifiers: classifier.init_from)
 
   c.lock()
   return c
@@ -377,7 +390,27 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   check(isinstance(cl.dropout_rate, float) and 0 <= cl.dropout_rate < 1,
         'classifier.dropout_rate', 'a float in [0, 1)')
   _check_text_vae(config, given, check, choice, positive_int)
+  _check_ssl(config, given, check, positive_int)
   return problems
+
+
+def _check_ssl(config, given, check, positive_int) -> None:
+  """Checks of the ELECTRA and contrastive keys, through `problems`' own check functions."""
+  m, o = config.model, config.objective
+  check(isinstance(m.generator_fraction, float) and 0 < m.generator_fraction <= 1,
+        'model.generator_fraction', 'a float in (0, 1]')
+  positive_int('model.projection_dim')
+  check(isinstance(o.discriminator_weight, float) and o.discriminator_weight >= 0,
+        'objective.discriminator_weight', 'a float >= 0')
+  check(isinstance(o.temperature, float) and o.temperature > 0, 'objective.temperature',
+        'a float > 0')
+  check(isinstance(o.crop_min_scale, float) and 0 < o.crop_min_scale <= 1,
+        'objective.crop_min_scale', 'a float in (0, 1]')
+  init_from = config.train.init_from
+  check(isinstance(init_from, str), 'train.init_from', "the workdir of a run, or ''")
+  check(not init_from or o.name != 'classification', 'train.init_from',
+        "'' with objective.name='classification' (a classifier starts from "
+        "classifier.init_from)")
 
 
 def _check_text_vae(config, given, check, choice, positive_int) -> None:

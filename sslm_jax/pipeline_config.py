@@ -72,6 +72,12 @@ def finetune_run_name(regime: str) -> str:
   return 'finetune_pretrained' if regime == 'full' else f'finetune_pretrained_{regime}'
 
 
+def pretrain_tokenizer(config: ml_collections.ConfigDict, pretrain_dir: str) -> str:
+  """The pretraining run's tokenizer: the one it was given (e.g. by the run it continues), else
+  the one it trained on its unlabelled training text and saved in its folder."""
+  return config.pretrain.text.tokenizer_path or os.path.join(pretrain_dir, 'tokenizer.model')
+
+
 def finetune_run_config(config: ml_collections.ConfigDict, *, init_from: str,
                         regime: str) -> ml_collections.ConfigDict:
   """The classification run config a pipeline derives (init_from '' = from scratch)."""
@@ -87,8 +93,7 @@ def finetune_run_config(config: ml_collections.ConfigDict, *, init_from: str,
   run.classifier.init_from = init_from
   run.text.num_samples = 0
   if config.pretrain.model.name in TEXT_MODELS and init_from:
-    # The pretraining run's tokenizer (trained on its unlabelled training text).
-    run.text.tokenizer_path = os.path.join(init_from, 'tokenizer.model')
+    run.text.tokenizer_path = pretrain_tokenizer(config, init_from)
   if regime == 'linear_probe':
     run.optimizer.encoder_learning_rate_multiplier = 0.0
     run.optimizer.learning_rate = f.linear_probe_learning_rate or run.optimizer.learning_rate
@@ -107,7 +112,7 @@ def pipeline_runs(config: ml_collections.ConfigDict, workdir: str, regimes=None)
     scratch = finetune_run_config(config, init_from='', regime='full')
     scratch.optimizer.encoder_learning_rate_multiplier = 1.0  # nothing to preserve
     if config.pretrain.model.name in TEXT_MODELS:  # the same tokenizer: only weights differ
-      scratch.text.tokenizer_path = os.path.join(pretrain_dir, 'tokenizer.model')
+      scratch.text.tokenizer_path = pretrain_tokenizer(config, pretrain_dir)
     runs[SCRATCH_RUN] = scratch
   return runs
 

@@ -1,6 +1,8 @@
 """A pipeline's report: report.json (the numbers), report.md (the numbers read as an answer),
-confusion_matrix.png and curves.png, written into the pipeline's folder."""
+confusion_matrix.png and curves.png, written into the pipeline's folder; and one table of the
+test results of several pipelines (`compare`, `sslm-jax compare`)."""
 
+import json
 import os
 
 import numpy as np
@@ -11,7 +13,8 @@ from sslm_jax.train import writers
 
 # What a pretraining evaluation reports that a reader compares (text, then images).
 _PRETRAIN_METRICS = ('loss', 'perplexity', 'accuracy', 'bits_per_char', 'objective', 'mse', 'kl',
-                     'elbo_nats')
+                     'elbo_nats', 'generator_perplexity', 'generator_accuracy',
+                     'discriminator_accuracy', 'replaced_recall')
 REPORTED = ('accuracy', 'macro_precision', 'macro_recall', 'macro_f1', 'micro_f1',
             'weighted_f1')
 
@@ -29,7 +32,9 @@ def _entries(config, results: dict) -> dict:
   out = {}
   for key, (run, regime) in entries.items():
     r = results[run]
+    pretraining = f'{config.pretrain.model.name} / {config.pretrain.objective.name}'
     out[key] = {**{k: r['test'][k] for k in REPORTED}, 'run': run, 'regime': regime,
+                'pretraining': pretraining if key != 'scratch' else 'none',
                 'selected_step': r['selected_step'],
                 'validation_macro_f1': r['validation'].get('macro_f1')}
   for key in ('baseline', 'majority'):
@@ -143,7 +148,8 @@ def write_report(workdir: str, *, config, runs: dict, stats: dict, summaries: di
   md += ['## Results (test split)', '']
   rows = []
   for key, e in entries.items():
-    how = e.get('method') or f'{e["run"]}, step {e["selected_step"]}'
+    how = e.get('method') or f'{e["run"]}, step {e["selected_step"]}' + (
+        f' ({e["pretraining"]} pretraining)' if e['pretraining'] != 'none' else '')
     rows.append([key, how] + [e[k] for k in REPORTED] + [e.get('validation_macro_f1')])
   md += _table(['entry', 'how', 'accuracy', 'macro P', 'macro R', 'macro F1', 'micro F1',
                 'weighted F1', 'validation macro F1'], rows)
@@ -235,3 +241,36 @@ def write_report(workdir: str, *, config, runs: dict, stats: dict, summaries: di
     f.write('\n'.join(md))
   os.replace(tmp, os.path.join(workdir, 'report.md'))
   return report
+
+
+def compare(workdirs: list[str]) -> str:
+  """A markdown table of every entry of the pipelines' report.json files, one row each (a
+  baseline or majority row that another pipeline already gave, same method and score, is left
+  out): how each model was pretrained, for how long, and its test scores."""
+  header = ['pipeline', 'entry', 'pretraining', 'pretraining steps', 'pretraining s',
+            'test accuracy', 'test macro-F1', 'validation macro-F1']
+  rows, seen = [], set()
+  for workdir in workdirs:
+    path = os.path.join(workdir, 'report.json')
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path} not found: allowed: the folders of finished pipelines')
+    with open(path) as f:
+      report = json.load(f)
+    pre = report.get('pretrain', {})
+    for entries in report['tasks'].values():
+      for key, e in entries.items():
+        if 'method' in e:
+          same = (report['dataset'], e['method'], e['macro_f1'])
+          if same in seen:
+            continue
+          seen.add(same)
+          rows.append([os.path.basename(os.path.normpath(workdir)), key, e['method'], '', '',
+                       e['accuracy'], e['macro_f1'], e.get('validation_macro_f1')])
+          continue
+        pretrained = e.get('pretraining', 'none') != 'none'
+        rows.append([os.path.basename(os.path.normpath(workdir)), key,
+                     f'{e.get("pretraining")} ({e["regime"]})' if pretrained else 'none',
+                     pre.get('steps') if pretrained else '',
+                     round(report['wall_seconds'].get('pretrain', 0)) if pretrained else '',
+                     e['accuracy'], e['macro_f1'], e.get('validation_macro_f1')])
+  return '\n'.join(_table(header, rows))

@@ -2,8 +2,9 @@
 
 import jax.numpy as jnp
 
-from sslm_jax.models.conv_vae import AutoEncoder, VAE, reparameterize  # noqa: F401
-from sslm_jax.models.transformer import BertEncoder, GPT  # noqa: F401
+from sslm_jax.models.conv_vae import VAE, AutoEncoder, SimCLR, reparameterize  # noqa: F401
+from sslm_jax.models.electra import Electra  # noqa: F401
+from sslm_jax.models.transformer import GPT, BertEncoder  # noqa: F401
 
 
 def build_model(config, vocab_size: int = 0):
@@ -26,6 +27,19 @@ def build_model(config, vocab_size: int = 0):
                dropout_rate=config.dropout_rate,
                attention_dropout_rate=config.attention_dropout_rate,
                positions=config.positions, tie_embeddings=config.tie_embeddings, dtype=dtype)
+  if config.name == 'electra':
+    return Electra(vocab_size=vocab_size, num_layers=config.num_layers,
+                   num_heads=config.num_heads, embed_dim=config.embed_dim,
+                   mlp_dim=config.mlp_dim, max_len=config.max_len,
+                   dropout_rate=config.dropout_rate,
+                   attention_dropout_rate=config.attention_dropout_rate,
+                   positions=config.positions, generator_fraction=config.generator_fraction,
+                   dtype=dtype)
+  if config.name == 'simclr':
+    return SimCLR(input_size=config.input_size, channels=config.channels,
+                  encoder_features=tuple(config.encoder_features),
+                  encoder_out_features=config.encoder_out_features,
+                  projection_dim=config.projection_dim, conv_impl=config.conv_impl, dtype=dtype)
   cls = {'vae': VAE, 'ae': AutoEncoder}[config.name]
   return cls(latent_dim=config.latent_dim, input_size=config.input_size,
              channels=config.channels, encoder_features=tuple(config.encoder_features),
@@ -41,7 +55,7 @@ def build_classifier(encoder, *, num_classes: int, pooling: str = 'mean',
                      dropout_rate: float = 0.0, freeze_encoder: bool = False):
   """A linear classifier on `encoder` (a module `build_model` made): `sslm_jax.models.heads`."""
   from sslm_jax.models import heads
-  if isinstance(encoder, (GPT, BertEncoder)):
+  if isinstance(encoder, (GPT, BertEncoder, Electra)):
     return heads.TextClassifier(encoder, num_classes, dropout_rate, freeze_encoder,
                                 pooling=pooling)
   return heads.ImageClassifier(encoder, num_classes, dropout_rate, freeze_encoder)

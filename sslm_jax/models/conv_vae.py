@@ -1,4 +1,5 @@
-"""The seed's convolutional encoder and decoder, its VAE and a plain autoencoder.
+"""The seed's convolutional encoder and decoder, its VAE, a plain autoencoder, and the encoder
+with SimCLR's projection head.
 
 Shapes follow the corrected seed model (shared/design/seed-reference.md): a 32x32 image goes
 through stride-2 4x4 convolutions (32 -> 16 -> 8 -> 4), one 4x4 valid convolution to 1x1x256, and
@@ -173,3 +174,39 @@ class AutoEncoder(_SeedCodec):
     code, _ = self.encode(images)
     logits = self.decode_logits(code)
     return {'recon': jnp.tanh(logits), 'logits': logits, 'mean': code, 'z': code}
+
+
+class SimCLR(nn.Module):
+  """The seed encoder with SimCLR's projection head (Chen et al. 2020), no decoder.
+
+  The representation is the encoder's output h (`encoder_out_features`); the contrastive loss
+  reads z = Dense(relu(Dense(h))) (`projection_dim`), which downstream tasks drop, as in the
+  paper.
+  """
+  input_size: int = 32
+  channels: int = 1
+  encoder_features: Sequence[int] = (64, 128, 256)
+  encoder_out_features: int = 256
+  projection_dim: int = 64
+  conv_impl: str = 'auto'
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.encoder = Encoder(self.encoder_features, self.encoder_out_features, self.conv_impl,
+                           dtype=self.dtype)
+    self.projection_hidden = nn.Dense(self.encoder_out_features, dtype=self.dtype)
+    self.projection_out = nn.Dense(self.projection_dim, dtype=self.dtype)
+
+  def encode(self, images: jax.Array) -> tuple[jax.Array, None]:
+    """(h, None), h (batch, encoder_out_features) float32: where a VAE has its posterior mean."""
+    return self.encoder(images).astype(jnp.float32), None
+
+  def project(self, features: jax.Array) -> jax.Array:
+    """(batch, projection_dim) float32: the head the contrastive loss reads."""
+    h = nn.relu(self.projection_hidden(features.astype(self.dtype)))
+    return self.projection_out(h).astype(jnp.float32)
+
+  def __call__(self, images: jax.Array, rng: jax.Array | None = None) -> dict[str, jax.Array]:
+    del rng  # deterministic; the argument keeps one calling convention for every model
+    features, _ = self.encode(images)
+    return {'features': features, 'projection': self.project(features)}

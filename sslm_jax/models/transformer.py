@@ -104,7 +104,8 @@ class _Transformer(nn.Module):
     if not self.tie_embeddings:
       self.lm_head = nn.Dense(self.vocab_size, dtype=self.dtype)
 
-  def _hidden(self, tokens, mask, causal, deterministic):
+  def embed_inputs(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """Token (plus learned position) embeddings after dropout: (batch, length, embed_dim)."""
     if tokens.ndim != 2:
       raise ValueError(f'tokens must be (batch, length); got shape {tokens.shape}')
     if tokens.shape[1] > self.max_len:
@@ -112,7 +113,10 @@ class _Transformer(nn.Module):
     x = self.embed(tokens)
     if self.positions == 'learned':
       x = x + self.position_embed(tokens.shape[1])[None]
-    x = self.embed_dropout(x, deterministic=deterministic)
+    return self.embed_dropout(x, deterministic=deterministic)
+
+  def _hidden(self, tokens, mask, causal, deterministic):
+    x = self.embed_inputs(tokens, deterministic=deterministic)
     for block in self.blocks:
       x = block(x, mask=mask, causal=causal, deterministic=deterministic)
     return self.final_norm(x)
@@ -143,31 +147,47 @@ class GPT(_Transformer):
     return self._logits(self.encode(tokens, deterministic=deterministic))
 
 
-class BertEncoder(_Transformer):
-  """Bidirectional encoder with a masked-LM head: tokens -> logits (batch, length, vocab).
+def padding_attention_mask(tokens: jax.Array,
+                           padding_mask: Optional[jax.Array]) -> Optional[jax.Array]:
+  """(batch, 1, 1, length) keys-only attention mask from a (batch, length) padding mask."""
+  if padding_mask is None:
+    return None
+  if padding_mask.shape != tokens.shape:
+    raise ValueError(f'padding_mask shape {padding_mask.shape} must equal tokens shape '
+                     f'{tokens.shape}')
+  return padding_mask.astype(bool)[:, None, None, :]
+
+
+class TransformerEncoder(_Transformer):
+  """Bidirectional encoder without an output head (ELECTRA's discriminator body).
 
   `padding_mask` (batch, length) is True on real tokens: no position attends to padding, so
-  padded tokens never change the outputs at real positions. The MLM head is BERT's: a dense
-  GELU layer and LayerNorm, then the (tied) output projection with a per-token bias.
+  padded tokens never change the outputs at real positions.
   """
 
   def setup(self):
     self._build(decode=False)
-    self.mlm_dense = nn.Dense(self.embed_dim, dtype=self.dtype)
-    self.mlm_norm = nn.LayerNorm(dtype=self.dtype)
-    if self.tie_embeddings:
-      self.mlm_bias = self.param('mlm_bias', nn.initializers.zeros, (self.vocab_size,))
 
   def encode(self, tokens: jax.Array, *, padding_mask: Optional[jax.Array] = None,
              deterministic: bool = True) -> jax.Array:
     """Final (LayerNorm-ed) hidden states (batch, length, embed_dim) in the compute dtype."""
-    mask = None
-    if padding_mask is not None:
-      if padding_mask.shape != tokens.shape:
-        raise ValueError(f'padding_mask shape {padding_mask.shape} must equal tokens shape '
-                         f'{tokens.shape}')
-      mask = padding_mask.astype(bool)[:, None, None, :]  # keys only: (batch, 1, 1, length)
-    return self._hidden(tokens, mask, False, deterministic)
+    return self._hidden(tokens, padding_attention_mask(tokens, padding_mask), False,
+                        deterministic)
+
+
+class BertEncoder(TransformerEncoder):
+  """Bidirectional encoder with a masked-LM head: tokens -> logits (batch, length, vocab).
+
+  The MLM head is BERT's: a dense GELU layer and LayerNorm, then the (tied) output projection
+  with a per-token bias.
+  """
+
+  def setup(self):
+    super().setup()
+    self.mlm_dense = nn.Dense(self.embed_dim, dtype=self.dtype)
+    self.mlm_norm = nn.LayerNorm(dtype=self.dtype)
+    if self.tie_embeddings:
+      self.mlm_bias = self.param('mlm_bias', nn.initializers.zeros, (self.vocab_size,))
 
   def __call__(self, tokens: jax.Array, *, padding_mask: Optional[jax.Array] = None,
                deterministic: bool = True) -> jax.Array:

@@ -2,13 +2,15 @@
 
 import functools
 
-from sslm_jax.objectives import classification, lm, vae
+from sslm_jax.objectives import classification, contrastive, electra, lm, vae
 from sslm_jax.objectives import text_vae as _text_vae
 
 _LOSSES = {'seed': vae.autoencoder_loss, 'elbo': vae.autoencoder_loss,
            'mse': vae.autoencoder_loss, 'causal_lm': lm.lm_loss, 'mlm': lm.lm_loss,
            'denoising': lm.lm_loss, 'classification': classification.classification_loss}
 _LOSSES['text_vae'] = _text_vae.text_vae_loss  # constants: vocab, settings
+_LOSSES.update(electra=electra.electra_loss, simcse=contrastive.simcse_loss,
+               simclr=contrastive.simclr_loss)
 
 
 def bind_loss(model, objective_config, **constants):

@@ -23,8 +23,9 @@ def build_task(config, workdir: str, *, training: bool):
     from sslm_jax.tasks.classification import ClassificationTask
     return ClassificationTask(config, workdir, training=training)
   if config.model.name in config_lib.IMAGE_MODELS:
-    from sslm_jax.tasks.images import ImageTask
-    return ImageTask(config)
+    from sslm_jax.tasks.images import ContrastiveImageTask, ImageTask
+    cls = ContrastiveImageTask if config.objective.name == 'simclr' else ImageTask
+    return cls(config, training=training)
   if config.model.name == 'text_vae':
     from sslm_jax.tasks.text_vae import TextVAETask
     return TextVAETask(config, workdir, training=training)

@@ -35,10 +35,8 @@ from sslm_jax.eval import metrics as metrics_lib
 from sslm_jax.eval import plots
 from sslm_jax.models import build_classifier, build_model
 from sslm_jax.objectives import bind_loss, classification
-from sslm_jax.tasks import language
+from sslm_jax.tasks import language, warm_start
 
-# Model settings a classifier may change from its pretraining run's (they change no parameter).
-_FREE_MODEL_KEYS = ('dropout_rate', 'attention_dropout_rate', 'dtype')
 EVAL_METRICS = ('loss', 'accuracy', 'macro_precision', 'macro_recall', 'macro_f1', 'micro_f1',
                 'weighted_f1')
 
@@ -196,27 +194,10 @@ class ClassificationTask:
     return params
 
   def _pretrained_encoder(self, like):
-    from sslm_jax.train import loop  # noqa: PLC0415  the one way to read a run (loop imports tasks)
     c = self.config.classifier
-    run, params, self.loaded_step = loop.restore_params(c.init_from, c.init_step or None)
-    different = {k: v for k, v in config_lib.differences(run.config.model,
-                                                         self.config.model).items()
-                 if k not in _FREE_MODEL_KEYS}
-    if different:
-      listed = ', '.join(f'model.{k}: {a!r} there vs {b!r} here'
-                         for k, (a, b) in different.items())
-      raise DataError(f'classifier.init_from={c.init_from!r} holds a model with other settings '
-                      f'({listed}); allowed: the pretraining run\'s model settings')
-    theirs = getattr(run.task, 'tokenizer', None)
-    if self.tokenizer is not None and (theirs is None or
-                                       theirs.model_proto != self.tokenizer.model_proto):
-      raise DataError(f'the tokenizer of this run is not the one classifier.init_from='
-                      f'{c.init_from!r} was trained with; allowed: text.tokenizer_path='
-                      f'{os.path.join(c.init_from, language.TOKENIZER_FILE)!r}')
-    shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)  # noqa: E731
-    if shapes(params) != shapes(like):
-      raise DataError(f'the parameters in classifier.init_from={c.init_from!r} do not fit this '
-                      f'model; allowed: a pretraining run of the same model')
+    params, self.loaded_step = warm_start.restore_matching(
+        c.init_from, c.init_step or None, key='classifier.init_from', config=self.config,
+        tokenizer=self.tokenizer, like=like)
     return params
 
   @property

@@ -1,12 +1,16 @@
-"""Language-model pretraining (GPT causal LM or denoising, BERT masked LM) as a task.
+"""Language-model pretraining (GPT causal LM or denoising, BERT masked LM, ELECTRA replaced-token
+detection, SimCSE) as a task.
 
 Text comes from any tfds text dataset (or the `text_files` builders for local files), is cleaned
 as `config.text` says, and tokenized by a sentencepiece model trained on the training split at
 the start of the run and saved as `<workdir>/tokenizer.model`, so eval and sampling reproduce it.
 
 Rows: causal LM packs the documents into one stream (`doc eos doc eos ...`) cut into rows of
-seq_len + 1; MLM and denoising keep one document a row (`bos doc eos`, padded or truncated to
+seq_len + 1; the other objectives keep one document a row (`bos doc eos`, padded or truncated to
 seq_len).
+
+`train.init_from` starts the parameters from another run of the same model (and tokenizer), e.g.
+SimCSE continuing an ELECTRA discriminator.
 
 Bits per character: a causal LM's total information divided by the split's characters, with the
 end of each document counted as one character (it is one predicted token, like a newline).
@@ -24,10 +28,11 @@ from sslm_jax.data.tfds_utils import DataError
 from sslm_jax.data.tokenizer import Tokenizer, num_bytes, num_chars, train_tokenizer
 from sslm_jax.models import build_model
 from sslm_jax.models.generate import generate
-from sslm_jax.objectives import bind_loss, lm
+from sslm_jax.objectives import bind_loss, contrastive, electra, lm
+from sslm_jax.tasks import warm_start
+from sslm_jax.tasks.warm_start import TOKENIZER_FILE
 
 _EVAL_STREAM = 1_000_003  # fold_in constant: eval noise never coincides with a train step's
-TOKENIZER_FILE = 'tokenizer.model'
 
 
 def clean_texts(config, texts: list[str]) -> list[str]:
@@ -71,10 +76,18 @@ def _init(model, rng, tokens):
   return model.init(rng, tokens)['params']
 
 
+def _simcse_eval_sums(params, batch, rng, *, model, config, vocab):
+  """InfoNCE sums of one batch (padded rows are neither anchors nor negatives)."""
+  del vocab
+  loss, correct = contrastive.simcse_terms(params, batch, rng, model=model, config=config)
+  return {'loss_sum': loss.sum(), 'correct_sum': correct.sum(), 'rows': batch['row_mask'].sum()}
+
+
 class LanguageTask:
 
   def __init__(self, config, workdir: str, *, training: bool):
     self.config = config
+    self._training = training
     self._texts, self._rows = {}, {}
     self.tokenizer = self._load_or_train_tokenizer(workdir, training)
     t = self.tokenizer
@@ -82,8 +95,10 @@ class LanguageTask:
                           mask_id=t.mask_id, first_normal_id=t.first_normal_id)
     self.model = build_model(config.model, vocab_size=t.vocab_size)
     self.loss_fn = bind_loss(self.model, config.objective, vocab=self.vocab)
-    self._eval_sums = jax.jit(functools.partial(
-        lm.lm_eval_sums, model=self.model, config=config.objective, vocab=self.vocab))
+    eval_sums = {'electra': electra.electra_eval_sums,
+                 'simcse': _simcse_eval_sums}.get(config.objective.name, lm.lm_eval_sums)
+    self._eval_sums = jax.jit(functools.partial(eval_sums, model=self.model,
+                                                config=config.objective, vocab=self.vocab))
 
   # --- data ---
   def texts(self, split: str) -> list[str]:
@@ -127,7 +142,12 @@ class LanguageTask:
   # --- the task interface (sslm_jax.tasks) ---
   def init_params(self, rng):
     length = min(self.config.text.seq_len, self.config.model.max_len)
-    return _init(self.model, rng, jnp.zeros((1, length), jnp.int32))
+    params = _init(self.model, rng, jnp.zeros((1, length), jnp.int32))
+    if self._training and self.config.train.init_from:
+      params, _ = warm_start.restore_matching(self.config.train.init_from, None,
+                                              key='train.init_from', config=self.config,
+                                              tokenizer=self.tokenizer, like=params)
+    return params
 
   @property
   def num_train_rows(self) -> int:
@@ -144,7 +164,9 @@ class LanguageTask:
     return batch
 
   def evaluate(self, params, split: str) -> dict[str, float]:
-    """Exact means over every row of the split (noise, for MLM, fixed across evaluations)."""
+    """Exact means over every row of the split. The objective's noise (MLM's masks, ELECTRA's
+    masks and samples, SimCSE's dropout views) is fixed across evaluations; SimCSE's negatives
+    are the other rows of each batch of train.eval_batch_size."""
     c = self.config
     rng = jax.random.fold_in(jax.random.PRNGKey(c.seed), _EVAL_STREAM)
     totals = None
@@ -153,6 +175,12 @@ class LanguageTask:
       sums = self._eval_sums(params, batch, jax.random.fold_in(rng, i))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+    if c.objective.name == 'electra':
+      return {k: float(v) for k, v in electra.summarize(
+          totals, c.objective.discriminator_weight).items()}
+    if c.objective.name == 'simcse':
+      return {'loss': totals['loss_sum'] / totals['rows'],
+              'accuracy': totals['correct_sum'] / totals['rows']}
     rows = self.rows(split)
     result = lm.summarize(totals, chars_per_token=rows['chars_per_token'],
                           bytes_per_token=rows['bytes_per_token'])
