@@ -103,6 +103,9 @@ def _simclr_eval_sums(params, batch, rng, *, model, input_size, temperature, cro
   return {'loss_sum': loss.sum(), 'correct_sum': correct.sum(), 'views': 2 * batch['mask'].sum()}
 
 
+_augment = jax.jit(contrastive.augment, static_argnames='min_scale')
+
+
 class ContrastiveImageTask(ImageTask):
   """SimCLR on the seed encoder: NT-Xent on augmented views, evaluated on batches of
   train.eval_batch_size (the other views of a batch are the negatives), views fixed across
@@ -132,6 +135,5 @@ class ContrastiveImageTask(ImageTask):
     images = self.split(c.data.eval_split).images[:c.train.num_pictures]
     x = image_data.to_model_input(jnp.asarray(images), c.model.input_size)
     rng_1, rng_2 = jax.random.split(jax.random.PRNGKey(c.seed))
-    views = [contrastive.augment(x, r, min_scale=c.objective.crop_min_scale)
-             for r in (rng_1, rng_2)]
+    views = [_augment(x, r, min_scale=c.objective.crop_min_scale) for r in (rng_1, rng_2)]
     pictures.save_reconstructions(os.path.join(workdir, 'views.png'), *views)
