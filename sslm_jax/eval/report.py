@@ -258,7 +258,9 @@ def compare(workdirs: list[str]) -> str:
       report = json.load(f)
     pre = report.get('pretrain', {})
     for entries in report['tasks'].values():
-      for key, e in entries.items():
+      # report.json's keys come back sorted: pretrained ones, scratch, then the baselines.
+      for key in sorted(entries, key=lambda k: ('method' in entries[k], k == 'scratch', k)):
+        e = entries[key]
         if 'method' in e:
           same = (report['dataset'], e['method'], e['macro_f1'])
           if same in seen:
