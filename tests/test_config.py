@@ -29,6 +29,9 @@ def test_locked_config_rejects_a_misspelled_key():
     ('model.input_size', 28, 'a multiple of 2**3'),
     ('model.encoder_features', (), 'non-empty tuple'),
     ('data.name', '', 'a tfds dataset name'),
+    ('model.generator_fraction', 0.0, 'model.generator_fraction=0.0 is invalid; allowed: a '
+                                      'float in (0, 1]'),
+    ('objective.temperature', 0.0, 'objective.temperature=0.0 is invalid; allowed: a float > 0'),
 ])
 def test_invalid_values_name_key_and_allowed(key, value, fragment):
   c = base_config()
@@ -37,6 +40,20 @@ def test_invalid_values_name_key_and_allowed(key, value, fragment):
   with pytest.raises(ConfigError, match='allowed') as e:
     validate(c)
   assert fragment in str(e.value)
+
+
+def test_contrastive_and_electra_objectives_fit_their_models():
+  c = base_config()
+  c.model.name, c.objective.name = 'vae', 'simcse'
+  with pytest.raises(ConfigError, match="objective.name='simcse' is invalid; allowed: 'seed'"):
+    validate(c)
+  c.model.name, c.objective.name = 'electra', 'simcse'
+  c.model.max_len = c.text.seq_len
+  validate(c)
+  c.objective.name, c.train.init_from = 'classification', 'runs/x'
+  with pytest.raises(ConfigError, match="train.init_from='runs/x' is invalid; allowed: '' with "
+                                        "objective.name='classification'"):
+    validate(c)
 
 
 def test_every_problem_is_reported_at_once():

@@ -3,7 +3,8 @@
 Both embed tokens (plus learned absolute positions, or rotary positions inside attention), run
 `num_layers` pre-LN blocks, apply a final LayerNorm and return float32 logits over the
 vocabulary, by default through the token embedding itself (tied). `encode` returns the final
-hidden states instead, for heads added later. Dropout draws from the 'dropout' rng
+hidden states instead, for heads added later. `TransformerEncoder` is BERT without its MLM head
+(ELECTRA's discriminator, `sslm_jax.models.electra`). Dropout draws from the 'dropout' rng
 (`sslm_jax.models.dropout.Dropout`: flax's, with the same masks drawn faster on CPU).
 """
 
