@@ -272,3 +272,11 @@ def test_simclr_pretraining_learns_on_images(idx_dataset, tmp_path):
   # Chance picks the partner among 2 * 64 - 1 views of an eval batch.
   assert summary['test_accuracy'] > 5 / 127
   assert (tmp_path / 'views.png').exists()
+  # A classifier's encoder is the whole SimCLR model (its head reads the features h).
+  classifier = config.copy_and_resolve_references()
+  classifier.objective.name, classifier.classifier.init_from = 'classification', str(tmp_path)
+  task = ClassificationTask(classifier, str(tmp_path / 'unused'), training=False)
+  shapes = task.init_params(jax.random.PRNGKey(0))  # traced, not computed
+  assert shapes['head']['kernel'].shape == (16, 10)  # encoder_out_features -> classes
+  _, pretrained, _ = loop.restore_params(str(tmp_path))
+  assert jax.tree.structure(shapes['encoder']) == jax.tree.structure(pretrained)
