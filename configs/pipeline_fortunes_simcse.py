@@ -1,35 +1,30 @@
-"""configs/pipeline_fortunes_electra.py's discriminator, then unsupervised SimCSE on it.
+"""configs/pipeline_fortunes_bert.py's encoder pretrained by unsupervised SimCSE from scratch.
 
-SimCSE (Gao et al. 2021): each fortune is encoded twice with different dropout masks (the
-model's 0.1), the two mean-pooled discriminator states are a positive pair and the other rows'
-are the negatives: InfoNCE at temperature 0.05, one epoch of batch 64 at AdamW 1e-4 starting from
-the ELECTRA run's parameters and tokenizer (`train.init_from`). Its pretraining time adds to
-ELECTRA's. Fine-tuning, baselines and splits as pipeline_fortunes_electra.py (no scratch run:
-that pipeline has it).
+SimCSE (Gao et al. 2021): each fortune of a batch is encoded twice with different dropout masks
+(the model's 0.1), the two mean-pooled final states are a positive pair and the other rows' are
+the negatives: InfoNCE at temperature 0.05. 3 epochs of batch 64 (573 steps, about half the MLM
+run's pretraining time: README, "ELECTRA and contrastive pretraining"), AdamW 1e-3 as the other
+pretraining runs. Fine-tuning (full, mean-pooled), the scratch run and TF-IDF + LinearSVC are
+pipeline_fortunes.py's; no linear probe.
 
-  sslm-jax pipeline --config configs/pipeline_fortunes_electra.py   # first: the ELECTRA run
-  sslm-jax pipeline --config configs/pipeline_fortunes_simcse.py    # -> runs/pipeline_fortunes_simcse/
+  sslm-jax pipeline --config configs/pipeline_fortunes_simcse.py   # -> runs/pipeline_fortunes_simcse/
+
+configs/pipeline_fortunes_simcse_electra.py continues an ELECTRA discriminator instead.
 """
 
 import os
 import runpy
 
 _here = os.path.dirname(__file__)
-_electra_pipeline = runpy.run_path(os.path.join(_here, 'pipeline_fortunes_electra.py'))
-
-ELECTRA_RUN = 'runs/pipeline_fortunes_electra/pretrain'
+_pipeline = runpy.run_path(os.path.join(_here, 'pipeline_fortunes.py'))
+_bert_fortunes = runpy.run_path(os.path.join(_here, 'bert_fortunes.py'))
 
 
 def get_config():
-  config = _electra_pipeline['get_config']()
-  p = config.pretrain
-  p.objective.name = 'simcse'
-  p.objective.temperature = 0.05
-  p.train.init_from = ELECTRA_RUN
-  p.text.tokenizer_path = os.path.join(ELECTRA_RUN, 'tokenizer.model')
-  p.optimizer.learning_rate = 1e-4
-  p.optimizer.warmup_steps = 20
-  p.train.num_steps = 0
-  p.train.num_epochs = 1
-  config.finetune.scratch = False
+  config = _pipeline['get_config']()
+  config.pretrain = _bert_fortunes['get_config']()
+  config.pretrain.objective.name = 'simcse'
+  config.pretrain.objective.temperature = 0.05
+  config.pretrain.train.num_epochs = 3
+  config.finetune.regimes = ('full',)
   return config
