@@ -1,4 +1,5 @@
-"""`sslm-jax train | eval | sample | data | pipeline`: parse, load the config, call the library.
+"""`sslm-jax train | eval | sample | data | pipeline | compare`: parse, load the config, call the
+library.
 
   sslm-jax train  --config configs/demo.py --workdir runs/demo [--config.train.num_epochs=30]
   sslm-jax pipeline --config configs/pipeline_fortunes.py [--workdir runs/pipeline_fortunes]
@@ -10,6 +11,7 @@
   sslm-jax data info    --name idx_images/fashion_mnist [--data_dir DIR]   (a prepared dataset)
   sslm-jax data tokenize --config configs/gpt_fortunes.py [--out DIR] [--workers N] [--splits a,b]
   sslm-jax data info    --token_dir DIR                    (token shards: counts, all checked)
+  sslm-jax compare runs/pipeline_fortunes runs/pipeline_fortunes_electra   (one table of results)
 
 Every error a user can cause exits non-zero with one message naming what is wrong and what is
 allowed; nothing in the workdir is written over.
@@ -118,6 +120,12 @@ def cmd_pipeline(args, rest: list[str]) -> int:
                                  command=' '.join(['sslm-jax', args.command, *rest]))
   print(json.dumps(report['tasks'], indent=2, sort_keys=True))
   print(f'report: {os.path.join(workdir, "report.md")}')
+  return 0
+
+
+def cmd_compare(args, rest) -> int:
+  from sslm_jax.eval import report
+  print(report.compare(args.workdirs))
   return 0
 
 
@@ -258,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='pretrain, fine-tune, compare with baselines, report; --config FILE '
                              '[--workdir DIR, default runs/<config name>]')
   pipe.set_defaults(func=cmd_pipeline)
+  compare = sub.add_parser('compare', help="one markdown table of several pipelines' test "
+                                           'results (their report.json)')
+  compare.add_argument('workdirs', nargs='+', help='pipeline folders')
+  compare.set_defaults(func=cmd_compare)
   for name, func, help_ in (('eval', cmd_eval, 'evaluate a checkpoint on the test split'),
                             ('sample', cmd_sample, 'prior samples to a PNG, or text from a GPT')):
     p = sub.add_parser(name, help=help_)

@@ -110,6 +110,12 @@ def finetune_run_name(regime: str) -> str:
   return 'finetune_pretrained' if regime == 'full' else f'finetune_pretrained_{regime}'
 
 
+def pretrain_tokenizer(config: ml_collections.ConfigDict, pretrain_dir: str) -> str:
+  """The pretraining run's tokenizer: the one it was given (e.g. by the run it continues), else
+  the one it trained on its unlabelled training text and saved in its folder."""
+  return config.pretrain.text.tokenizer_path or os.path.join(pretrain_dir, TOKENIZER_FILE)
+
+
 def finetune_run_config(config: ml_collections.ConfigDict, *, init_from: str,
                         regime: str) -> ml_collections.ConfigDict:
   """The classification run config a pipeline derives (init_from '' = from scratch)."""
@@ -127,8 +133,8 @@ def finetune_run_config(config: ml_collections.ConfigDict, *, init_from: str,
   run.classifier.init_from = init_from
   if 'text' in run:
     run.text.num_samples = 0
-    if init_from:  # the pretraining run's tokenizer (trained on its unlabelled training text)
-      run.text.tokenizer_path = os.path.join(init_from, TOKENIZER_FILE)
+    if init_from:
+      run.text.tokenizer_path = pretrain_tokenizer(config, init_from)
   if regime == 'linear_probe':
     run.optimizer.encoder_learning_rate_multiplier = 0.0
     run.optimizer.learning_rate = f.linear_probe_learning_rate or run.optimizer.learning_rate
@@ -147,7 +153,7 @@ def pipeline_runs(config: ml_collections.ConfigDict, workdir: str, regimes=None)
     scratch = finetune_run_config(config, init_from='', regime='full')
     scratch.optimizer.encoder_learning_rate_multiplier = 1.0  # nothing to preserve
     if 'text' in scratch:  # the same tokenizer: only weights differ
-      scratch.text.tokenizer_path = os.path.join(pretrain_dir, TOKENIZER_FILE)
+      scratch.text.tokenizer_path = pretrain_tokenizer(config, pretrain_dir)
     runs_[SCRATCH_RUN] = scratch
   return runs_
 

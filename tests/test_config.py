@@ -31,14 +31,39 @@ def test_locked_config_rejects_a_misspelled_key():
     ('model.input_size', 28, 'a multiple of 2**3'),
     ('model.encoder_features', (), 'non-empty tuple'),
     ('data.name', '', 'a tfds dataset name'),
+    ('model.generator_fraction', 0.0, 'model.generator_fraction=0.0 is invalid; allowed: a '
+                                      'float in (0, 1]'),
+    ('objective.temperature', 0.0, 'objective.temperature=0.0 is invalid; allowed: a float > 0'),
 ])
 def test_invalid_values_name_key_and_allowed(key, value, fragment):
-  c = run_config()
+  # A run that holds the key: ELECTRA's, SimCSE's, else the seed VAE's.
+  c = run_config(*{'model.generator_fraction': ('electra', 'electra'),
+                   'objective.temperature': ('bert', 'simcse')}.get(key, ('vae',)))
   section, name = key.split('.')
   setattr(c[section], name, value)
   with pytest.raises(ConfigError, match='allowed') as e:
     validate(c)
   assert fragment in str(e.value)
+
+
+def test_contrastive_and_electra_objectives_fit_their_models():
+  c = run_config()
+  c.model.name, c.objective.name = 'vae', 'simcse'
+  with pytest.raises(ConfigError, match="objective.name='simcse' is invalid; allowed: 'seed'"):
+    validate(c)
+  c = run_config('electra', 'simcse')
+  c.model.max_len = c.text.seq_len
+  validate(c)
+  c.train.init_from = 'runs/x'
+  validate(c)
+  # A classifier starts from classifier.init_from: its run config has no train.init_from.
+  c = runs.reshape(c, objective='classification')
+  with pytest.raises(AttributeError, match='init_from'):
+    c.train.init_from = 'runs/x'
+  with c.unlocked():
+    c.train.init_from = 'runs/x'
+  with pytest.raises(ConfigError, match="unknown key 'train.init_from'"):
+    validate(c)
 
 
 def test_every_problem_is_reported_at_once():

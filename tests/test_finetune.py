@@ -317,3 +317,22 @@ def test_pipeline_derives_its_runs_from_the_pretraining_config():
                                            'classification', ''),
       'finetune_scratch': ('', tokenizer, 1e-3, 1.0, 0.1, 'classification', '')}
   assert runs['pretrain'] is config.pretrain
+
+
+def test_compare_puts_several_pipelines_in_one_table(text_run, image_run, capsys):
+  (_, text_dir, text_report), (_, image_dir, image_report) = text_run, image_run
+  assert cli.main(['compare', str(text_dir), str(image_dir), str(text_dir)]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[0].startswith('| pipeline | entry | pretraining |')
+  rows = [line.split(' | ') for line in lines[2:]]
+  # Each pipeline's pretrained and scratch rows (the repeated folder's too); a baseline or
+  # majority row once per dataset and method.
+  assert [r[1] for r in rows] == ['pretrained', 'scratch', 'baseline', 'majority',
+                                  'pretrained', 'scratch', 'baseline', 'majority',
+                                  'pretrained', 'scratch']
+  pretrained = text_report['tasks']['classification']['pretrained']
+  assert rows[0][2] == 'gpt / causal_lm (full)' and rows[4][2] == 'vae / seed (linear_probe)'
+  assert rows[0][6] == f'{pretrained["macro_f1"]:.3f}'
+  assert rows[1][2] == 'none' and rows[1][3] == ''
+  assert cli.main(['compare', str(text_dir / 'missing')]) == 2
+  assert 'report.json not found' in capsys.readouterr().err

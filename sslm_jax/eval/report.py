@@ -1,10 +1,12 @@
 """A pipeline's report: report.json (the numbers), report.md (the numbers read as an answer),
-confusion_matrix.png and curves.png, written into the pipeline's folder.
+confusion_matrix.png and curves.png, written into the pipeline's folder; and one table of the
+test results of several pipelines (`compare`, `sslm-jax compare`).
 
 The pipeline names its runs (`RunNames`); report.md is one function a section.
 """
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -13,7 +15,8 @@ from sslm_jax.eval import plots
 
 # What a pretraining evaluation reports that a reader compares (text, then images).
 _PRETRAIN_METRICS = ('loss', 'perplexity', 'accuracy', 'bits_per_char', 'objective', 'mse', 'kl',
-                     'elbo_nats')
+                     'elbo_nats', 'generator_perplexity', 'generator_accuracy',
+                     'discriminator_accuracy', 'replaced_recall')
 REPORTED = ('accuracy', 'macro_precision', 'macro_recall', 'macro_f1', 'micro_f1',
             'weighted_f1')
 
@@ -31,9 +34,10 @@ class RunNames:
     return next(iter(self.finetune.values()))
 
 
-def _entries(names: RunNames, results: dict) -> dict:
+def _entries(names: RunNames, results: dict, pretraining: str) -> dict:
   """report.json's entries: pretrained (the first regime), pretrained_<other regime>, scratch,
-  baseline, majority; each with the test metrics and how it was obtained."""
+  baseline, majority; each with the test metrics and how it was obtained (`pretraining`: the
+  pretraining run's model / objective)."""
   entries = {}
   for i, (regime, run) in enumerate(names.finetune.items()):
     entries['pretrained' if i == 0 else f'pretrained_{regime}'] = (run, regime)
@@ -43,6 +47,7 @@ def _entries(names: RunNames, results: dict) -> dict:
   for key, (run, regime) in entries.items():
     r = results[run]
     out[key] = {**{k: r['test'][k] for k in REPORTED}, 'run': run, 'regime': regime,
+                'pretraining': pretraining if key != 'scratch' else 'none',
                 'selected_step': r['selected_step'],
                 'validation_macro_f1': r['validation'].get('macro_f1')}
   for key in ('baseline', 'majority'):
@@ -129,7 +134,8 @@ def write_report(workdir: str, *, config, names: RunNames, runs: dict, stats: di
                  summaries: dict, results: dict, curves: dict, timings: dict,
                  command: str = '') -> dict:
   """Writes report.md, confusion_matrix.png and curves.png; returns report.json's content."""
-  entries = _entries(names, results)
+  entries = _entries(names, results,
+                     f'{config.pretrain.model.name} / {config.pretrain.objective.name}')
   test = stats['splits']['test']
   report = {
       'tasks': {config.name: entries},
@@ -167,7 +173,8 @@ def _summary_md(config, stats: dict, entries: dict, command: str) -> list[str]:
   md += _verdict(entries) + ['', '## Results (test split)', '']
   rows = []
   for key, e in entries.items():
-    how = e.get('method') or f'{e["run"]}, step {e["selected_step"]}'
+    how = e.get('method') or f'{e["run"]}, step {e["selected_step"]}' + (
+        f' ({e["pretraining"]} pretraining)' if e['pretraining'] != 'none' else '')
     rows.append([key, how] + [e[k] for k in REPORTED] + [e.get('validation_macro_f1')])
   md += _table(['entry', 'how', 'accuracy', 'macro P', 'macro R', 'macro F1', 'micro F1',
                 'weighted F1', 'validation macro F1'], rows)
@@ -263,3 +270,38 @@ def _timings_md(timings: dict) -> list[str]:
   md += _table(['step', 'seconds', 'invocations'],
                [[k, round(v['seconds'], 1), v['invocations']] for k, v in timings.items()])
   return md + ['(`report` is timed after this file is written; timings.json has it.)', '']
+
+
+def compare(workdirs: list[str]) -> str:
+  """A markdown table of every entry of the pipelines' report.json files, one row each (a
+  baseline or majority row that another pipeline already gave, same method and score, is left
+  out): how each model was pretrained, for how long, and its test scores."""
+  header = ['pipeline', 'entry', 'pretraining', 'pretraining steps', 'pretraining s',
+            'test accuracy', 'test macro-F1', 'validation macro-F1']
+  rows, seen = [], set()
+  for workdir in workdirs:
+    path = os.path.join(workdir, 'report.json')
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path} not found: allowed: the folders of finished pipelines')
+    with open(path) as f:
+      report = json.load(f)
+    pre = report.get('pretrain', {})
+    for entries in report['tasks'].values():
+      # report.json's keys come back sorted: pretrained ones, scratch, then the baselines.
+      for key in sorted(entries, key=lambda k: ('method' in entries[k], k == 'scratch', k)):
+        e = entries[key]
+        if 'method' in e:
+          same = (report['dataset'], e['method'], e['macro_f1'])
+          if same in seen:
+            continue
+          seen.add(same)
+          rows.append([os.path.basename(os.path.normpath(workdir)), key, e['method'], '', '',
+                       e['accuracy'], e['macro_f1'], e.get('validation_macro_f1')])
+          continue
+        pretrained = e.get('pretraining', 'none') != 'none'
+        rows.append([os.path.basename(os.path.normpath(workdir)), key,
+                     f'{e.get("pretraining")} ({e["regime"]})' if pretrained else 'none',
+                     pre.get('steps') if pretrained else '',
+                     round(report['wall_seconds'].get('pretrain', 0)) if pretrained else '',
+                     e['accuracy'], e['macro_f1'], e.get('validation_macro_f1')])
+  return '\n'.join(_table(header, rows))

@@ -5,7 +5,7 @@
 their rules and builds its module.
 """
 
-from sslm_jax.models import conv_vae, heads, text_vae, transformer
+from sslm_jax.models import conv_vae, electra, heads, text_vae, transformer
 from sslm_jax.models.conv_vae import VAE, AutoEncoder, reparameterize  # noqa: F401
 from sslm_jax.models.family import ModelConfig
 from sslm_jax.models.transformer import GPT, BertEncoder  # noqa: F401
@@ -13,8 +13,10 @@ from sslm_jax.models.transformer import GPT, BertEncoder  # noqa: F401
 MODELS: dict[str, type[ModelConfig]] = {
     'vae': conv_vae.VAEConfig,
     'ae': conv_vae.AEConfig,
+    'simclr': conv_vae.SimCLRConfig,
     'gpt': transformer.GPTConfig,
     'bert': transformer.BertConfig,
+    'electra': electra.ElectraConfig,
     'text_vae': text_vae.TextVAEConfig,
 }
 
@@ -36,10 +38,14 @@ def backend_facts(section) -> dict:
   return family(section).backend_facts()
 
 
-def build_classifier(encoder, *, num_classes: int, pooling: str = 'mean',
+def build_classifier(encoder, *, num_classes: int, features: str = 'code', pooling: str = 'mean',
                      dropout_rate: float = 0.0, freeze_encoder: bool = False):
-  """A linear classifier on `encoder` (a module `build_model` made): `sslm_jax.models.heads`."""
-  if isinstance(encoder, (GPT, BertEncoder)):
+  """A linear classifier on `encoder` (a module `build_model` made): `sslm_jax.models.heads`.
+
+  `features`: what it reads, its family's `FEATURES` ('tokens': per-token hidden states pooled
+  by `pooling`; 'code': the code of `encode`).
+  """
+  if features == 'tokens':
     return heads.TextClassifier(encoder, num_classes, dropout_rate, freeze_encoder,
                                 pooling=pooling)
   return heads.ImageClassifier(encoder, num_classes, dropout_rate, freeze_encoder)

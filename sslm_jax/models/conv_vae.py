@@ -1,4 +1,5 @@
-"""The seed's convolutional encoder and decoder, its VAE and a plain autoencoder.
+"""The seed's convolutional encoder and decoder, its VAE, a plain autoencoder, and the encoder
+with SimCLR's projection head.
 
 Shapes follow the corrected seed model (shared/design/seed-reference.md): a 32x32 image goes
 through stride-2 4x4 convolutions (32 -> 16 -> 8 -> 4), one 4x4 valid convolution to 1x1x256, and
@@ -8,7 +9,8 @@ convolutions back to the input size. Images are NHWC in [-1, 1]. `conv_impl` pic
 the convolutions: oneDNN (sslm_jax/kernels) or XLA; the parameters and the function are the same.
 The model decides once (`conv_impls`) and hands its encoder and decoder concrete choices.
 
-`CodecConfig` is the `model` section of the 'vae' and 'ae' families.
+`CodecConfig` is the `model` section of the 'vae' and 'ae' families, `SimCLRConfig` that of
+'simclr'; both start from the encoder's keys (`ConvEncoderConfig`).
 """
 
 import dataclasses
@@ -191,34 +193,69 @@ class AutoEncoder(_SeedCodec):
     return {'recon': jnp.tanh(logits), 'logits': logits, 'mean': code, 'z': code}
 
 
+class SimCLR(nn.Module):
+  """The seed encoder with SimCLR's projection head (Chen et al. 2020), no decoder.
+
+  The representation is the encoder's output h (`encoder_out_features`); the contrastive loss
+  reads z = Dense(relu(Dense(h))) (`projection_dim`), which downstream tasks drop, as in the
+  paper.
+  """
+  input_size: int = 32
+  channels: int = 1
+  encoder_features: Sequence[int] = (64, 128, 256)
+  encoder_out_features: int = 256
+  projection_dim: int = 64
+  conv_impl: str = 'auto'
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    conv = onednn_conv.choose(self.conv_impl, self.dtype)  # the encoder takes a concrete choice
+    self.encoder = Encoder(self.encoder_features, self.encoder_out_features, conv.impl,
+                           dtype=self.dtype)
+    self.projection_hidden = nn.Dense(self.encoder_out_features, dtype=self.dtype)
+    self.projection_out = nn.Dense(self.projection_dim, dtype=self.dtype)
+
+  def encode(self, images: jax.Array) -> tuple[jax.Array, None]:
+    """(h, None), h (batch, encoder_out_features) float32: where a VAE has its posterior mean."""
+    return self.encoder(images).astype(jnp.float32), None
+
+  def project(self, features: jax.Array) -> jax.Array:
+    """(batch, projection_dim) float32: the head the contrastive loss reads."""
+    h = nn.relu(self.projection_hidden(features.astype(self.dtype)))
+    return self.projection_out(h).astype(jnp.float32)
+
+  def __call__(self, images: jax.Array, rng: jax.Array | None = None) -> dict[str, jax.Array]:
+    del rng  # deterministic; the argument keeps one calling convention for every model
+    features, _ = self.encode(images)
+    return {'features': features, 'projection': self.project(features)}
+
+
 @dataclasses.dataclass(frozen=True)
-class CodecConfig(ModelConfig):
-  """The `model` section of the seed's encoder and decoder (families 'vae' and 'ae')."""
+class ConvEncoderConfig(ModelConfig):
+  """The seed encoder's keys, which every image family's `model` section starts from."""
   INPUTS: ClassVar[str] = 'image'
-  latent_dim: int = 32
+  INTEGERS: ClassVar[tuple[str, ...]] = ('input_size', 'channels', 'encoder_out_features')
+  TUPLES: ClassVar[tuple[str, ...]] = ('encoder_features',)  # of positive integers
+  # {tuple key: stride-2 layers besides one a value}: input_size is halved that many times.
+  STRIDE2: ClassVar[dict[str, int]] = {'encoder_features': 0}
   input_size: int = 32                        # images are resized to this square size
   channels: int = 1
   encoder_features: tuple[int, ...] = (64, 128, 256)  # stride-2 convolutions
   encoder_out_features: int = 256             # the final valid convolution to 1x1
-  decoder_hidden: tuple[int, ...] = (256, 128, 64)    # dense layers after z
-  decoder_base_features: int = 64             # channels of the unflattened map
-  decoder_features: tuple[int, ...] = (128, 64)       # stride-2 transposed convs before the last
   conv_impl: str = 'auto'         # oneDNN convolutions where built (sslm_jax/kernels), else XLA
-  conv_transpose_impl: str = 'col2im'  # the decoder's XLA formulation (when not oneDNN)
 
   def check(self, c: Checker) -> None:
     super().check(c)
-    for key in ('latent_dim', 'input_size', 'channels', 'encoder_out_features',
-                'decoder_base_features'):
+    for key in self.INTEGERS:
       c.integer(key)
-    for key in ('encoder_features', 'decoder_hidden', 'decoder_features'):
+    for key in self.TUPLES:
       c.positive_ints(key)
-    if c.valid('input_size', 'encoder_features', 'decoder_features'):
-      for key, n_stride2 in (('encoder_features', len(self.encoder_features)),
-                             ('decoder_features', len(self.decoder_features) + 1)):
+    if c.valid('input_size', *self.STRIDE2):
+      for key, extra in self.STRIDE2.items():
+        n_stride2 = len(getattr(self, key)) + extra
         c.check(self.input_size % (2 ** n_stride2) == 0, 'input_size',
                 f'a multiple of 2**{n_stride2} (the {n_stride2} stride-2 layers of model.{key})')
-    c.choice('conv_transpose_impl', CONV_TRANSPOSE_IMPLS)
+    self.check_more(c)
     if c.choice('conv_impl', onednn_conv.CONV_IMPLS) and c.valid('dtype'):
       try:
         onednn_conv.choose(self.conv_impl, self.dtype)
@@ -226,23 +263,49 @@ class CodecConfig(ModelConfig):
         c.check(False, 'conv_impl',
                 f"'auto' or 'xla' here ({onednn_conv.cannot_run(self.dtype)})")
 
+  def check_more(self, c: Checker) -> None:
+    """A family's rules beyond the integers, tuples and input size (before conv_impl's)."""
+
   def module_fields(self) -> dict:
     fields = super().module_fields()
-    for key in ('encoder_features', 'decoder_hidden', 'decoder_features'):
+    for key in self.TUPLES:
       fields[key] = tuple(fields[key])
     return fields
 
+  def convolutions(self) -> str:
+    """Who computes the convolutions, and why (logged when the model is built)."""
+    conv = onednn_conv.choose(self.conv_impl, self.dtype)
+    return f'{conv.impl} (model.conv_impl={self.conv_impl!r}: {conv.reason})'
+
   def build(self, vocab_size: int = 0) -> nn.Module:
-    conv, conv_transpose = conv_impls(self.conv_impl, self.conv_transpose_impl, self.dtype)
-    logging.getLogger(__name__).info(
-        'convolutions: %s (model.conv_impl=%r: %s); transposed convolutions: %s%s', conv.impl,
-        self.conv_impl, conv.reason, conv_transpose,
-        '' if conv_transpose == self.conv_transpose_impl else
-        f' (model.conv_transpose_impl={self.conv_transpose_impl!r} applies to XLA\'s)')
+    logging.getLogger(__name__).info('convolutions: %s', self.convolutions())
     return super().build(vocab_size)
 
   def backend_facts(self) -> dict:
     return {'convolutions': onednn_conv.choose(self.conv_impl, self.dtype).impl}
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecConfig(ConvEncoderConfig):
+  """The `model` section of the seed's encoder and decoder (families 'vae' and 'ae')."""
+  INTEGERS: ClassVar[tuple[str, ...]] = ('latent_dim', 'input_size', 'channels',
+                                         'encoder_out_features', 'decoder_base_features')
+  TUPLES: ClassVar[tuple[str, ...]] = ('encoder_features', 'decoder_hidden', 'decoder_features')
+  STRIDE2: ClassVar[dict[str, int]] = {'encoder_features': 0, 'decoder_features': 1}
+  latent_dim: int = 32
+  decoder_hidden: tuple[int, ...] = (256, 128, 64)    # dense layers after z
+  decoder_base_features: int = 64             # channels of the unflattened map
+  decoder_features: tuple[int, ...] = (128, 64)       # stride-2 transposed convs before the last
+  conv_transpose_impl: str = 'col2im'  # the decoder's XLA formulation (when not oneDNN)
+
+  def check_more(self, c: Checker) -> None:
+    c.choice('conv_transpose_impl', CONV_TRANSPOSE_IMPLS)
+
+  def convolutions(self) -> str:
+    _, conv_transpose = conv_impls(self.conv_impl, self.conv_transpose_impl, self.dtype)
+    return (f'{super().convolutions()}; transposed convolutions: {conv_transpose}' +
+            ('' if conv_transpose == self.conv_transpose_impl else
+             f' (model.conv_transpose_impl={self.conv_transpose_impl!r} applies to XLA\'s)'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,3 +318,13 @@ class VAEConfig(CodecConfig):
 class AEConfig(CodecConfig):
   MODULE: ClassVar[type[nn.Module]] = AutoEncoder
   OBJECTIVES: ClassVar[tuple[str, ...]] = ('mse',)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimCLRConfig(ConvEncoderConfig):
+  """The `model` section of the 'simclr' family: the seed encoder and the projection head."""
+  MODULE: ClassVar[type[nn.Module]] = SimCLR
+  OBJECTIVES: ClassVar[tuple[str, ...]] = ('simclr',)
+  INTEGERS: ClassVar[tuple[str, ...]] = ConvEncoderConfig.INTEGERS + ('projection_dim',)
+  projection_dim: int = 64        # the projection head's output (its hidden layer:
+                                  # encoder_out_features)

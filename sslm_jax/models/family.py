@@ -4,8 +4,9 @@ A family's section subclasses `ModelConfig` in the family's own file: its fields
 `model.*` keys (besides `name`) and the module's fields of the same names, its `check` their
 rules, and its class variables say what else depends on the family: the module it builds, its
 inputs ('image' or 'text': which data and text sections a run reads), the self-supervised
-objectives that train it (any family can also be classified: objective 'classification') and the
-poolings a classifier on it may use. `sslm_jax.models.MODELS` lists the families, one line each.
+objectives that train it (any family can also be classified: objective 'classification'), what a
+classifier on it reads and the poolings it may use. `sslm_jax.models.MODELS` lists the families,
+one line each.
 """
 
 import dataclasses
@@ -26,6 +27,9 @@ class ModelConfig(Section):
   INPUTS: ClassVar[str]                   # 'image' or 'text'
   OBJECTIVES: ClassVar[tuple[str, ...]]   # self-supervised objectives (sslm_jax.objectives)
   POOLINGS: ClassVar[tuple[str, ...]] = ('mean',)  # a classifier's (sslm_jax.models.heads)
+  # What a classifier reads: 'code' (`encode(inputs)` -> (code, _)) or 'tokens' (the per-token
+  # hidden states of `encode`, pooled by classifier.pooling).
+  FEATURES: ClassVar[str] = 'code'
 
   dtype: str = 'float32'  # compute dtype; parameters and optimizer state stay float32
 

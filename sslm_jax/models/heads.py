@@ -5,9 +5,10 @@ The pretraining model is a submodule named `encoder`, so a classifier's paramete
 parameters drop in unchanged. `init` builds every parameter of that model (also the LM, MLM or
 decoder parts a classifier does not use), so the two trees have the same structure.
 
-Features: for text, the final hidden states of `GPT.encode` / `BertEncoder.encode` pooled over
-real tokens ('mean'), at the last real token ('last') or at the first position ('cls'); for
-images, the VAE's posterior mean (the autoencoder's code).
+Features: for text, the final hidden states of `GPT.encode` / `BertEncoder.encode` /
+`Electra.encode` (its discriminator's) pooled over real tokens ('mean'), at the last real token
+('last') or at the first position ('cls'); for images, the VAE's posterior mean (the
+autoencoder's code, SimCLR's encoder output h).
 
 `freeze_encoder` (a linear probe): the encoder runs deterministically (no dropout) and its
 output is behind `stop_gradient`, so no gradient reaches it and its backward pass is skipped.
@@ -17,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sslm_jax.models.transformer import BertEncoder
+from sslm_jax.models.transformer import GPT
 
 POOLINGS = ('mean', 'last', 'cls')
 
@@ -55,8 +56,8 @@ class _Classifier(nn.Module):
 class TextClassifier(_Classifier):
   """tokens (batch, length), mask (batch, length) True on real tokens -> (batch, classes) logits.
 
-  `encoder` is a `GPT` or a `BertEncoder`; BERT masks padding out of attention, and GPT's causal
-  attention never lets a real token see the padding after it.
+  `encoder` is a `GPT`, a `BertEncoder` or an `Electra`; the bidirectional ones mask padding out
+  of attention, and GPT's causal attention never lets a real token see the padding after it.
   """
   pooling: str = 'mean'
 
@@ -66,20 +67,20 @@ class TextClassifier(_Classifier):
     if self.is_initializing():
       self.encoder(tokens)  # every parameter of the pretraining model
     encoder_deterministic = deterministic or self.freeze_encoder
-    if isinstance(self.encoder, BertEncoder):
+    if isinstance(self.encoder, GPT):
+      hidden = self.encoder.encode(tokens, deterministic=encoder_deterministic)
+    else:
       hidden = self.encoder.encode(tokens, padding_mask=mask,
                                    deterministic=encoder_deterministic)
-    else:
-      hidden = self.encoder.encode(tokens, deterministic=encoder_deterministic)
     return self._head(pool(hidden.astype(jnp.float32), mask, self.pooling), deterministic)
 
 
 class ImageClassifier(_Classifier):
   """images (batch, H, W, C) in [-1, 1] -> (batch, classes) logits from the encoder's mean code.
 
-  `encoder` is a `VAE` or an `AutoEncoder`, or any model whose `encode(inputs)` returns
-  `(mean, _)` and whose `__call__(inputs, rng)` builds all its parameters (the sentence VAE);
-  `mask` is accepted and ignored.
+  `encoder` is a `VAE`, an `AutoEncoder` or a `SimCLR`, or any model whose `encode(inputs)`
+  returns `(mean, _)` and whose `__call__(inputs, rng)` builds all its parameters (the sentence
+  VAE); `mask` is accepted and ignored.
   """
 
   @nn.compact

@@ -4,7 +4,8 @@ Both embed tokens (plus learned absolute positions, or rotary positions inside a
 `num_layers` pre-LN blocks, apply a final LayerNorm and return float32 logits over the
 vocabulary, by default through the token embedding itself (tied). `encode` returns the final
 hidden states instead, for heads added later, and `head_logits` the logits from those hidden
-states (what a chunked loss calls a slice at a time). Dropout draws from the 'dropout' rng
+states (what a chunked loss calls a slice at a time). `TransformerEncoder` is BERT without its
+MLM head (ELECTRA's discriminator, `sslm_jax.models.electra`). Dropout draws from the 'dropout' rng
 (`sslm_jax.models.dropout.Dropout`: flax's, with the same masks drawn faster on CPU).
 
 `attention_impl` picks the attention kernel ('auto': cuDNN flash attention where it applies,
@@ -66,6 +67,14 @@ class TransformerBlock(nn.Module):
     return x + Dropout(self.dropout_rate)(h, deterministic=deterministic)
 
 
+def block_class(remat: str) -> type[nn.Module]:
+  """TransformerBlock, or with `remat` (REMATS) its activations recomputed in the backward pass."""
+  if remat == 'none':
+    return TransformerBlock
+  policy = None if remat == 'block' else getattr(jax.checkpoint_policies, remat)
+  return nn.remat(TransformerBlock, static_argnums=(3, 4), policy=policy)
+
+
 class LearnedPositions(nn.Module):
   """(length, features) learned absolute position embeddings for positions offset..offset+len-1.
 
@@ -118,10 +127,7 @@ class _Transformer(nn.Module):
     attention_impl = choose_attention(self.attention_impl, dtype=self.dtype,
                                       head_dim=self.embed_dim // self.num_heads,
                                       dropout_rate=self.attention_dropout_rate).impl
-    block = TransformerBlock
-    if self.remat != 'none' and not decode:  # decoding computes no gradient
-      policy = None if self.remat == 'block' else getattr(jax.checkpoint_policies, self.remat)
-      block = nn.remat(TransformerBlock, static_argnums=(3, 4), policy=policy)
+    block = block_class('none' if decode else self.remat)  # decoding computes no gradient
     self.embed = nn.Embed(self.vocab_size, self.embed_dim, embedding_init=_EMBED_INIT,
                           dtype=self.dtype)
     if self.positions == 'learned':
@@ -136,7 +142,8 @@ class _Transformer(nn.Module):
     if not self.tie_embeddings:
       self.lm_head = nn.Dense(self.vocab_size, dtype=self.dtype)
 
-  def _hidden(self, tokens, mask, causal, deterministic):
+  def embed_inputs(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    """Token (plus learned position) embeddings after dropout: (batch, length, embed_dim)."""
     if tokens.ndim != 2:
       raise ValueError(f'tokens must be (batch, length); got shape {tokens.shape}')
     if tokens.shape[1] > self.max_len:
@@ -144,7 +151,10 @@ class _Transformer(nn.Module):
     x = self.embed(tokens)
     if self.positions == 'learned':
       x = x + self.position_embed(tokens.shape[1])[None]
-    x = self.embed_dropout(x, deterministic=deterministic)
+    return self.embed_dropout(x, deterministic=deterministic)
+
+  def _hidden(self, tokens, mask, causal, deterministic):
+    x = self.embed_inputs(tokens, deterministic=deterministic)
     for block in self.blocks:
       x = block(x, mask, causal, deterministic)
     return self.final_norm(x)
@@ -179,31 +189,47 @@ class GPT(_Transformer):
     return self.head_logits(self.encode(tokens, deterministic=deterministic))
 
 
-class BertEncoder(_Transformer):
-  """Bidirectional encoder with a masked-LM head: tokens -> logits (batch, length, vocab).
+def padding_attention_mask(tokens: jax.Array,
+                           padding_mask: Optional[jax.Array]) -> Optional[jax.Array]:
+  """(batch, 1, 1, length) keys-only attention mask from a (batch, length) padding mask."""
+  if padding_mask is None:
+    return None
+  if padding_mask.shape != tokens.shape:
+    raise ValueError(f'padding_mask shape {padding_mask.shape} must equal tokens shape '
+                     f'{tokens.shape}')
+  return padding_mask.astype(bool)[:, None, None, :]
+
+
+class TransformerEncoder(_Transformer):
+  """Bidirectional encoder without an output head (ELECTRA's discriminator body).
 
   `padding_mask` (batch, length) is True on real tokens: no position attends to padding, so
-  padded tokens never change the outputs at real positions. The MLM head is BERT's: a dense
-  GELU layer and LayerNorm, then the (tied) output projection with a per-token bias.
+  padded tokens never change the outputs at real positions.
   """
 
   def setup(self):
     self._build(decode=False)
-    self.mlm_dense = nn.Dense(self.embed_dim, dtype=self.dtype)
-    self.mlm_norm = nn.LayerNorm(dtype=self.dtype)
-    if self.tie_embeddings:
-      self.mlm_bias = self.param('mlm_bias', nn.initializers.zeros, (self.vocab_size,))
 
   def encode(self, tokens: jax.Array, *, padding_mask: Optional[jax.Array] = None,
              deterministic: bool = True) -> jax.Array:
     """Final (LayerNorm-ed) hidden states (batch, length, embed_dim) in the compute dtype."""
-    mask = None
-    if padding_mask is not None:
-      if padding_mask.shape != tokens.shape:
-        raise ValueError(f'padding_mask shape {padding_mask.shape} must equal tokens shape '
-                         f'{tokens.shape}')
-      mask = padding_mask.astype(bool)[:, None, None, :]  # keys only: (batch, 1, 1, length)
-    return self._hidden(tokens, mask, False, deterministic)
+    return self._hidden(tokens, padding_attention_mask(tokens, padding_mask), False,
+                        deterministic)
+
+
+class BertEncoder(TransformerEncoder):
+  """Bidirectional encoder with a masked-LM head: tokens -> logits (batch, length, vocab).
+
+  The MLM head is BERT's: a dense GELU layer and LayerNorm, then the (tied) output projection
+  with a per-token bias.
+  """
+
+  def setup(self):
+    super().setup()
+    self.mlm_dense = nn.Dense(self.embed_dim, dtype=self.dtype)
+    self.mlm_norm = nn.LayerNorm(dtype=self.dtype)
+    if self.tie_embeddings:
+      self.mlm_bias = self.param('mlm_bias', nn.initializers.zeros, (self.vocab_size,))
 
   def __call__(self, tokens: jax.Array, *, padding_mask: Optional[jax.Array] = None,
                deterministic: bool = True) -> jax.Array:
@@ -284,6 +310,7 @@ class TransformerConfig(ModelConfig):
 class GPTConfig(TransformerConfig):
   MODULE: ClassVar[type[nn.Module]] = GPT
   OBJECTIVES: ClassVar[tuple[str, ...]] = ('causal_lm', 'denoising')
+  FEATURES: ClassVar[str] = 'tokens'
   # 'cls' would read the first position, which a causal model sees alone.
   POOLINGS: ClassVar[tuple[str, ...]] = ('mean', 'last')
 
@@ -291,5 +318,6 @@ class GPTConfig(TransformerConfig):
 @dataclasses.dataclass(frozen=True)
 class BertConfig(TransformerConfig):
   MODULE: ClassVar[type[nn.Module]] = BertEncoder
-  OBJECTIVES: ClassVar[tuple[str, ...]] = ('mlm',)
+  OBJECTIVES: ClassVar[tuple[str, ...]] = ('mlm', 'simcse')
+  FEATURES: ClassVar[str] = 'tokens'
   POOLINGS: ClassVar[tuple[str, ...]] = ('mean', 'cls', 'last')

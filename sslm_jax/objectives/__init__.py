@@ -9,7 +9,7 @@ import dataclasses
 import functools
 from typing import Callable
 
-from sslm_jax.objectives import classification, lm, vae
+from sslm_jax.objectives import classification, contrastive, electra, lm, vae
 from sslm_jax.objectives import text_vae as _text_vae
 
 
@@ -28,6 +28,10 @@ OBJECTIVES: dict[str, Objective] = {
     'causal_lm': Objective(lm.lm_loss, lm.CausalLMConfig, 'language', streams=True),
     'denoising': Objective(lm.lm_loss, lm.DenoisingConfig, 'language'),
     'mlm': Objective(lm.lm_loss, lm.MLMConfig, 'language'),
+    'electra': Objective(electra.electra_loss, electra.ReplacedTokenConfig, 'language'),
+    'simcse': Objective(contrastive.simcse_loss, contrastive.SimCSEConfig, 'language'),
+    'simclr': Objective(contrastive.simclr_loss, contrastive.SimCLRLossConfig,
+                        'contrastive_images', streams=True),
     'text_vae': Objective(_text_vae.text_vae_loss, _text_vae.ObjectiveConfig, 'text_vae'),
     'classification': Objective(classification.classification_loss,
                                 classification.ClassificationConfig, 'classification'),

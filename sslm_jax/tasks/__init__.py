@@ -11,12 +11,14 @@ from sslm_jax.objectives import OBJECTIVES
 from sslm_jax.tasks.base import (Context, GeneratesImages, GeneratesText, Interpolates,  # noqa: F401
                                  Predicts, Restored, Task)
 from sslm_jax.tasks.classification import ClassificationTask
+from sslm_jax.tasks.contrastive_images import ContrastiveImageTask
 from sslm_jax.tasks.images import ImageTask
 from sslm_jax.tasks.language import LanguageTask
 from sslm_jax.tasks.text_vae import TextVAETask
 
 TASKS: dict[str, type] = {
     'images': ImageTask,
+    'contrastive_images': ContrastiveImageTask,
     'language': LanguageTask,
     'text_vae': TextVAETask,
     'classification': ClassificationTask,

@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, NamedTuple, Protocol, runtime_checka
 import jax
 import numpy as np
 
-from sslm_jax.config import differences
+from sslm_jax.config import Checker, Section, differences
 from sslm_jax.data.loader import StepBatches
 from sslm_jax.data.text import lm_eval_batches
 from sslm_jax.data.tfds_utils import DataError
@@ -131,7 +131,10 @@ def restore_run(context: Context, workdir: str, step: int | None, *, key: str) -
   """The run in `workdir` (the config key `key` names it), or DataError naming the key."""
   try:
     return context.restore(workdir, step)
-  except (FileNotFoundError, ValueError, RuntimeError) as e:
+  except FileNotFoundError as e:
+    raise DataError(f'{key}={workdir!r} holds no run ({e}); allowed: the workdir of a training '
+                    f'run') from e
+  except (ValueError, RuntimeError) as e:
     raise DataError(f'{key}={workdir!r} is not a readable run ({e}); allowed: the workdir of a '
                     f'finished training run') from e
 
@@ -150,6 +153,27 @@ def check_fits(params: Params, like: Params, *, key: str, workdir: str, allowed:
   if shapes(params) != shapes(like):
     raise DataError(f'the parameters in {key}={workdir!r} do not fit this model; allowed: '
                     f'{allowed}')
+
+
+@dataclasses.dataclass(frozen=True)
+class InitFrom(Section):
+  """The `train` key of the tasks whose runs may start from another run's parameters
+  (`start_from`; a classifier's encoder: classifier.init_from)."""
+  # Workdir of a run of this model (and tokenizer) whose newest parameters this run starts from,
+  # e.g. SimCSE continuing an ELECTRA discriminator ('' = its own initialization).
+  init_from: str = ''
+
+  def check(self, c: Checker) -> None:
+    c.check(isinstance(self.init_from, str), 'init_from', "the workdir of a run, or ''")
+
+
+def start_from(context: Context, config, params: Params, tokenizer: Tokenizer | None) -> Params:
+  """`params`, or when a training run has train.init_from, that run's newest parameters (checked
+  to fit this model, its settings and tokenizer: `restore_matching`)."""
+  if not (context.training and config.train.init_from):
+    return params
+  return restore_matching(context, config.train.init_from, None, key='train.init_from',
+                          config=config, tokenizer=tokenizer, like=params)[0]
 
 
 def restore_matching(context: Context, workdir: str, step: int | None, *, key: str, config,

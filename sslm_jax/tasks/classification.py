@@ -172,7 +172,8 @@ class ClassificationTask:
     self.encoder = build_model(config.model, vocab_size=vocab_size)
     c = config.classifier
     self.frozen_encoder = config.optimizer.encoder_learning_rate_multiplier == 0
-    self.model = build_classifier(self.encoder, num_classes=self.num_classes, pooling=c.pooling,
+    self.model = build_classifier(self.encoder, num_classes=self.num_classes,
+                                  features=MODELS[config.model.name].FEATURES, pooling=c.pooling,
                                   dropout_rate=c.dropout_rate, freeze_encoder=self.frozen_encoder)
     self.loaded_step = None  # the pretraining checkpoint the encoder started from
 

@@ -1,4 +1,7 @@
-"""The image autoencoders (seed VAE, AE) as a task: tfds images in, pictures out."""
+"""The image autoencoders (seed VAE, AE) as a task: tfds images in, pictures out.
+
+`train.init_from` starts the parameters from another run of the same model.
+"""
 
 import dataclasses
 import functools
@@ -15,25 +18,27 @@ from sslm_jax.eval import autoencoder as ae_eval
 from sslm_jax.eval import pictures
 from sslm_jax.models import backend_facts, build_model
 from sslm_jax.objectives import bind_loss
-from sslm_jax.tasks.base import Context, eval_key, init_params
+from sslm_jax.tasks.base import Context, InitFrom, eval_key, init_params, start_from
 
 
 @dataclasses.dataclass(frozen=True)
 class Pictures(Section):
   """The image task's key of the `train` section."""
-  num_pictures: int = 64          # reconstructions and prior samples drawn at each evaluation
+  num_pictures: int = 64          # pictures drawn at each evaluation (reconstructions and prior
+                                  # samples; SimCLR's views)
 
   def check(self, c: Checker) -> None:
     c.integer('num_pictures')
 
 
-class ImageTask:
-  SECTIONS = {'train': (Pictures,)}
+class ImageInputs:
+  """What every image task shares: its images (in host memory or streamed), the model its
+  `model` section builds, bound to its objective's loss, and its initial parameters."""
+  SECTIONS = {'train': (Pictures, InitFrom)}
   tokenizer = None
 
   def __init__(self, config, context: Context):
-    del context  # nothing to read or restore beyond the config
-    self.config = config
+    self.config, self.context = config, context
     self.model = build_model(config.model)
     self.loss_fn = bind_loss(self.model, config.objective)
     self._splits = {}
@@ -52,7 +57,7 @@ class ImageTask:
   def init_params(self, rng):
     m = self.config.model
     dummy = jnp.zeros((1, m.input_size, m.input_size, m.channels), jnp.float32)
-    return init_params(self.model, rng, dummy, rng)
+    return start_from(self.context, self.config, init_params(self.model, rng, dummy, rng), None)
 
   @functools.cached_property
   def num_train_rows(self) -> int:
@@ -65,6 +70,17 @@ class ImageTask:
 
   def device_transform(self, batch):
     return {'image': image_data.to_model_input(batch['image'], self.config.model.input_size)}
+
+  def describe(self) -> dict:
+    d = self.config.data
+    return {'train_examples': len(self.split(d.train_split)),
+            'test_examples': len(self.split(d.eval_split)),
+            **backend_facts(self.config.model),  # who computed the convolutions
+            'data_pipeline': d.pipeline}
+
+
+class ImageTask(ImageInputs):
+  """The autoencoders: exact means of their objective, reconstructions and prior samples."""
 
   def evaluate(self, params, split: str) -> dict[str, float]:
     """Means over the whole split, with noise fixed across evaluations of the run."""
@@ -87,10 +103,3 @@ class ImageTask:
     pictures.save_reconstructions(os.path.join(workdir, 'reconstructions.png'), originals, recon)
     pictures.save_samples(os.path.join(workdir, 'samples.png'),
                           self.sample_images(params, n, c.seed))
-
-  def describe(self) -> dict:
-    d = self.config.data
-    return {'train_examples': len(self.split(d.train_split)),
-            'test_examples': len(self.split(d.eval_split)),
-            **backend_facts(self.config.model),  # who computed the convolutions
-            'data_pipeline': d.pipeline}

@@ -1,4 +1,5 @@
-"""Language-model pretraining (GPT causal LM or denoising, BERT masked LM) as a task.
+"""Language-model pretraining (GPT causal LM or denoising, BERT masked LM, ELECTRA replaced-token
+detection, SimCSE) as a task.
 
 Text comes from any tfds text dataset (or the `text_files` builders for local files), is cleaned
 as `config.text` says, and tokenized by a sentencepiece model trained on the training split at
@@ -9,8 +10,11 @@ instead (`sslm-jax data tokenize`, `sslm_jax.data.shards`): the same rows, token
 their tokenizer, which the run checks and copies to `<workdir>/tokenizer.model`.
 
 Rows: causal LM packs the documents into one stream (`doc eos doc eos ...`) cut into rows of
-seq_len + 1; MLM and denoising keep one document a row (`bos doc eos`, padded or truncated to
+seq_len + 1; the other objectives keep one document a row (`bos doc eos`, padded or truncated to
 seq_len).
+
+`train.init_from` starts the parameters from another run of the same model (and tokenizer), e.g.
+SimCSE continuing an ELECTRA discriminator.
 
 Bits per character: a causal LM's total information divided by the split's characters, with the
 end of each document counted as one character (it is one predicted token, like a newline).
@@ -28,16 +32,44 @@ from sslm_jax.data.tfds_utils import DataError
 from sslm_jax.data.tokenizer import Tokenizer, num_bytes, num_chars
 from sslm_jax.models import backend_facts, build_model
 from sslm_jax.models.generate import generate
-from sslm_jax.objectives import bind_loss, lm
+from sslm_jax.objectives import bind_loss, contrastive, electra, lm
 from sslm_jax.tasks import text
-from sslm_jax.tasks.base import TOKENIZER_FILE, Context, eval_key, init_params
+from sslm_jax.tasks.base import (TOKENIZER_FILE, Context, InitFrom, eval_key, init_params,
+                                 start_from)
+
+
+def _lm_means(totals: dict, objective, facts: dict) -> dict:
+  result = lm.summarize(totals, chars_per_token=facts['chars_per_token'],
+                        bytes_per_token=facts['bytes_per_token'])
+  if objective.name != 'causal_lm':  # MLM and denoising predict part of the text only
+    del result['bits_per_char'], result['bits_per_byte']
+  return result
+
+
+def _electra_means(totals: dict, objective, facts: dict) -> dict:
+  del facts
+  return {k: float(v) for k, v in electra.summarize(totals,
+                                                    objective.discriminator_weight).items()}
+
+
+def _simcse_means(totals: dict, objective, facts: dict) -> dict:
+  del objective, facts
+  return contrastive.eval_means(totals, 'rows')
+
+
+# objective -> (the sums of one eval batch, jittable; a split's means from their totals, the
+# objective's section and the split's facts). Language models: lm.lm_eval_sums, _lm_means.
+_EVALUATIONS = {
+    'electra': (electra.electra_eval_sums, _electra_means),
+    'simcse': (contrastive.simcse_eval_sums, _simcse_means),
+}
 
 
 class LanguageTask:
-  SECTIONS = {}
+  SECTIONS = {'train': (InitFrom,)}
 
   def __init__(self, config, context: Context):
-    self.config = config
+    self.config, self.context = config, context
     workdir, training = context.workdir, context.training
     self._texts, self._rows, self._sources = {}, {}, {}
     self._manifest = None
@@ -58,8 +90,10 @@ class LanguageTask:
     self.vocab = text.vocab(self.tokenizer)
     self.model = build_model(config.model, vocab_size=self.tokenizer.vocab_size)
     self.loss_fn = bind_loss(self.model, config.objective, vocab=self.vocab)
-    self._eval_sums = jax.jit(functools.partial(
-        lm.lm_eval_sums, model=self.model, config=config.objective, vocab=self.vocab))
+    eval_sums, self._eval_means = _EVALUATIONS.get(config.objective.name,
+                                                   (lm.lm_eval_sums, _lm_means))
+    self._eval_sums = jax.jit(functools.partial(eval_sums, model=self.model,
+                                                config=config.objective, vocab=self.vocab))
 
   # --- data ---
   def texts(self, split: str) -> list[str]:
@@ -111,7 +145,8 @@ class LanguageTask:
   # --- the task interface (sslm_jax.tasks) ---
   def init_params(self, rng):
     length = min(self.config.text.seq_len, self.config.model.max_len)
-    return init_params(self.model, rng, jnp.zeros((1, length), jnp.int32))
+    params = init_params(self.model, rng, jnp.zeros((1, length), jnp.int32))
+    return start_from(self.context, self.config, params, self.tokenizer)
 
   @property
   def num_train_rows(self) -> int:
@@ -126,7 +161,9 @@ class LanguageTask:
     return batch
 
   def evaluate(self, params, split: str) -> dict[str, float]:
-    """Exact means over every row of the split (noise, for MLM, fixed across evaluations)."""
+    """Exact means over every row of the split. The objective's noise (MLM's masks, ELECTRA's
+    masks and samples, SimCSE's dropout views) is fixed across evaluations; SimCSE's negatives
+    are the other rows of each batch of train.eval_batch_size."""
     c = self.config
     rng = eval_key(c.seed)
     totals = None
@@ -135,12 +172,7 @@ class LanguageTask:
       sums = self._eval_sums(params, batch, jax.random.fold_in(rng, i))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = {k: float(v) for k, v in jax.device_get(totals).items()}
-    facts = self.split_facts(split)
-    result = lm.summarize(totals, chars_per_token=facts['chars_per_token'],
-                          bytes_per_token=facts['bytes_per_token'])
-    if c.objective.name != 'causal_lm':  # MLM and denoising predict part of the text only
-      del result['bits_per_char'], result['bits_per_byte']
-    return result
+    return self._eval_means(totals, c.objective, self.split_facts(split))
 
   def sample_text(self, params, *, prompt: str, num: int, seed: int, temperature: float = 0.8,
                   top_k: int = 40, top_p: float = 1.0, max_new_tokens: int = 0,

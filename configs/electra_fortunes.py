@@ -1,0 +1,21 @@
+"""ELECTRA-style replaced-token detection on Debian's `fortunes`, for 2 CPU cores.
+
+The discriminator is configs/bert_fortunes.py's encoder (4 layers, width 192, one fortune a row of
+64 tokens, batch 64, the same optimizer); the generator is a quarter of its width (1 head of 48,
+MLP 192) at the same depth, sharing its token and position embeddings. 15% of each row's tokens
+are masked for the generator and refilled by its samples; the discriminator labels every token
+original or replaced. Loss: generator MLM + 50 x discriminator BCE (Clark et al. 2020).
+
+  sslm-jax train --config configs/electra_fortunes.py --workdir runs/electra_fortunes
+"""
+
+from sslm_jax.configs import bert_fortunes
+from sslm_jax.runs import reshape
+
+
+def get_config():
+  config = reshape(bert_fortunes.get_config(), 'electra', 'electra')
+  config.model.generator_fraction = 0.25
+  config.objective.mask_rate = 0.15
+  config.objective.discriminator_weight = 50.0
+  return config
