@@ -14,7 +14,8 @@ the backward pass instead of keeping them ('block', or a named `jax.checkpoint_p
 of what to keep), the same numbers from less memory.
 
 `TransformerConfig` is the `model` section of the 'gpt' and 'bert' families (and the base of
-the text VAE's); it chooses the attention once (`attention`) and hands the modules the choice.
+ELECTRA's and the text VAE's); it chooses the attention once (`attention`) and hands the modules
+the choice.
 """
 
 import dataclasses
