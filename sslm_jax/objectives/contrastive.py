@@ -36,12 +36,12 @@ class SimCSEConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class SimCLRLossConfig(SimCSEConfig):
-  """NT-Xent's temperature (configs/simclr_fashion_mnist.py: SimCLR's 0.5) and the views."""
+class SimCLRLossConfig(Section):
+  temperature: float = 0.5        # of NT-Xent's cosine similarities
   crop_min_scale: float = 0.3     # the smallest crop of a view, a fraction of the image's area
 
   def check(self, c: Checker) -> None:
-    super().check(c)
+    c.number('temperature', 0, low_open=True)
     c.number('crop_min_scale', 0, 1, low_open=True)
 
 
