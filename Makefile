@@ -14,6 +14,9 @@ APT_INSTALL = $(1) apt-get update -qq && $(1) env DEBIAN_FRONTEND=noninteractive
 # torch is only for the PyTorch reference (benchmarks/, parity tests). 2.13.0 is the CPU build
 # cached on the project's machines; elsewhere pip fetches it from PyPI.
 TORCH_SPEC ?= torch==2.13.0
+# The suite mostly compiles small programs, and XLA compiles one on one core: two pytest workers
+# (whole files each, so a file's fixtures are built once) keep two cores busy. 0 runs it serially.
+TEST_WORKERS ?= 2
 
 ONEDNN_KERNELS = sslm_jax/kernels/_onednn_conv.so
 
@@ -26,7 +29,8 @@ demo: system-deps tcmalloc install
 
 test: tcmalloc install-test
 	@$(MAKE) --no-print-directory kernels
-	LD_PRELOAD=$$([ -f $(TCMALLOC_LIB) ] && echo $(TCMALLOC_LIB)) $(VENV)/bin/python -m pytest -q
+	LD_PRELOAD=$$([ -f $(TCMALLOC_LIB) ] && echo $(TCMALLOC_LIB)) $(VENV)/bin/python -m pytest -q \
+	  -n $(TEST_WORKERS) --dist loadfile
 
 # Debian/Ubuntu packages: the real Fashion-MNIST files, and venv support for python3.
 system-deps:

@@ -56,7 +56,12 @@ def float32_torch(torch):
 
 
 def pytest_collection_modifyitems(config, items):
-  """Tests marked `gpu` run only where JAX's default backend is a GPU."""
+  """Files holding `slow` tests first (a file's own order kept): `make test` spreads whole files
+  over two workers (pytest-xdist, `--dist loadfile`), and the longest files started last would
+  leave one core idle at the end. Tests marked `gpu` run only where JAX's default backend is a
+  GPU."""
+  slow_files = {item.path for item in items if 'slow' in item.keywords}
+  items.sort(key=lambda item: item.path not in slow_files)  # stable: a file's order is kept
   backend = jax.default_backend()
   if backend == 'gpu':
     return
