@@ -34,11 +34,14 @@ def test_locked_config_rejects_a_misspelled_key():
     ('model.generator_fraction', 0.0, 'model.generator_fraction=0.0 is invalid; allowed: a '
                                       'float in (0, 1]'),
     ('objective.temperature', 0.0, 'objective.temperature=0.0 is invalid; allowed: a float > 0'),
+    ('model.dropout_rate', 0.0, "model.dropout_rate=0.0 is invalid; allowed: > 0 for objective "
+                                "'simcse'"),
 ])
 def test_invalid_values_name_key_and_allowed(key, value, fragment):
   # A run that holds the key: ELECTRA's, SimCSE's, else the seed VAE's.
   c = run_config(*{'model.generator_fraction': ('electra', 'electra'),
-                   'objective.temperature': ('bert', 'simcse')}.get(key, ('vae',)))
+                   'objective.temperature': ('bert', 'simcse'),
+                   'model.dropout_rate': ('bert', 'simcse')}.get(key, ('vae',)))
   section, name = key.split('.')
   setattr(c[section], name, value)
   with pytest.raises(ConfigError, match='allowed') as e:

@@ -194,6 +194,24 @@ def test_views_are_random_crops_of_the_image():
   assert np.abs(views).max() <= 1.0 + 1e-6  # bilinear: within the image's range
   # Crops of 30-100% of the area at random aspect ratios: every view is another picture.
   assert all(np.abs(v - x).max() > 0.1 for v, x in zip(views, np.asarray(images)))
+  # A known box: rows 3-8 and columns 6-11 of 12, i.e. the slice resized. Inside a border of one
+  # pixel both read the same input points; at the edge the slice's resize clamps to the slice,
+  # the crop reads on into the image. Float rounding of the sample positions only.
+  box = [jnp.full((8,), v) for v in (3 / 12, 6 / 12, 6 / 12, 6 / 12)]
+  cropped = np.asarray(contrastive.crop_and_resize(images, *box))
+  sliced = np.asarray(jax.image.resize(images[:, 3:9, 6:12], images.shape, 'linear'))
+  np.testing.assert_allclose(cropped[:, 1:-1, 1:-1], sliced[:, 1:-1, 1:-1], atol=1e-5)
+
+
+def test_a_view_is_flipped_left_to_right_half_the_time():
+  # A ramp rising left to right: any crop of it still rises, its mirror image falls.
+  images = jnp.tile(jnp.linspace(-1, 1, 10)[None, None, :, None], (64, 10, 1, 1))
+  views = np.asarray(jax.jit(contrastive.augment, static_argnames='min_scale')(
+      images, jax.random.PRNGKey(3), min_scale=0.5))
+  step = np.diff(views, axis=2)  # along the width
+  rising, falling = (step > 0).all(axis=(1, 2, 3)), (step < 0).all(axis=(1, 2, 3))
+  assert (rising | falling).all()  # each view is a crop, or a crop mirrored left to right
+  assert 16 < falling.sum() < 48  # binomial(64, 1/2): outside this 1 time in 10^4
 
 
 @pytest.fixture(scope='module')
@@ -215,6 +233,12 @@ def test_electra_pretraining_learns_and_its_discriminator_is_the_classifiers_enc
   assert train[-1]['generator_loss'] < train[0]['generator_loss']
   final = [r for r in records if r['split'] == 'validation'][-1]
   assert 0 < final['replaced_fraction'] < 0.3 and final['discriminator_accuracy'] > 0.5
+  # The discriminator reads its input: below the binary entropy of the replaced fraction (a
+  # constant "original" reaches it, about 0.37 nats here), and it finds replaced tokens (0.23
+  # and 0.53 when written).
+  p = final['replaced_fraction']
+  assert final['discriminator_loss'] < 0.9 * -(p * np.log(p) + (1 - p) * np.log(1 - p))
+  assert final['replaced_recall'] > 0.2
   # A pipeline's classifier on this run: its encoder is the whole ELECTRA model, bit for bit.
   pipeline = pipeline_lib.pipeline_config(config)
   pipeline.finetune.text.seq_len = TINY_RUN['text.seq_len']
@@ -250,7 +274,10 @@ def test_simcse_continues_from_the_electra_run(electra_run, tmp_path):
   batch = {k: jnp.asarray(v[:16]) for k, v in task.rows('validation').items()
            if k in ('tokens', 'mask')}
   loss, metrics = jax.jit(task.loss_fn)(started, batch, jax.random.PRNGKey(0))
-  assert 0 < float(loss) < np.log(16) + 1 and 0 <= float(metrics['accuracy']) <= 1
+  # Two dropout views of each of 16 rows: the partners are found well above chance (1/16; 8 of
+  # 16 when written, after 30 steps of ELECTRA), and the views differ (a loss of 0 would mean
+  # identical views at this temperature).
+  assert 1e-3 < float(loss) < np.log(16) and float(metrics['accuracy']) >= 0.25, (loss, metrics)
   simcse.train.init_from = str(tmp_path / 'nothing')
   with pytest.raises(DataError, match=r"train.init_from='.*nothing' holds no run"):
     LanguageTask(simcse, context).init_params(jax.random.PRNGKey(7))

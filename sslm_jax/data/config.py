@@ -38,8 +38,8 @@ class Data(Section):
     c.integer('prefetch')
     if self.pipeline == 'grain':
       c.check(c.facts.get('streams', False), 'pipeline',
-              "'memory' for this run ('grain' streams the images of vae/ae runs and the token "
-              "shards of gpt causal_lm runs)")
+              "'memory' for this run ('grain' streams the images of vae/ae/simclr runs and the "
+              "token shards of gpt causal_lm runs)")
     else:
       c.check(self.num_workers == 0, 'num_workers',
               "0 with data.pipeline='memory' (worker processes would copy the in-memory splits)")

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from sslm_jax.config import Checker, Section
 from sslm_jax.models.heads import pool
+from sslm_jax.objectives.lm import row_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,10 @@ class SimCSEConfig(Section):
 
   def check(self, c: Checker) -> None:
     c.number('temperature', 0, low_open=True)
+    # The two views differ only by their dropout masks: without dropout they are one view.
+    if c.valid('model.dropout_rate'):
+      c.check(c.get('model.dropout_rate') > 0, 'model.dropout_rate',
+              "> 0 for objective 'simcse' (its two views of a sentence are two dropout masks)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +108,7 @@ def simcse_loss(params, batch, rng, *, model, config, vocab=None):
   """Mean InfoNCE over the batch; metrics: accuracy (the partner view ranked first)."""
   del vocab  # language objectives are bound with the tokenizer's; SimCSE needs none
   loss, correct = simcse_terms(params, batch, rng, model=model, config=config)
-  return _means(loss, correct, batch.get('row_mask', jnp.ones(loss.shape, jnp.float32)))
+  return _means(loss, correct, row_mask(batch))
 
 
 def simcse_eval_sums(params, batch, rng, *, model, config, vocab=None) -> dict:
@@ -124,8 +129,9 @@ def eval_means(totals: dict, count: str) -> dict:
 
 def random_resized_crop(images, rng, *, min_scale: float, log_ratio=math.log(4 / 3)):
   """Each NHWC image cropped to a random box (area a fraction in [min_scale, 1] of the image,
-  aspect ratio in [exp(-log_ratio), exp(log_ratio)]) and resized back to its size, bilinearly."""
-  n, h, w, c = images.shape
+  aspect ratio in [exp(-log_ratio), exp(log_ratio)]; a side longer than the image's is cut to
+  it, so above min_scale 3/4 an area can fall below min_scale) and resized back to its size."""
+  n = images.shape[0]
   area_rng, ratio_rng, y_rng, x_rng = jax.random.split(rng, 4)
   area = jax.random.uniform(area_rng, (n,), minval=min_scale, maxval=1.0)
   ratio = jnp.exp(jax.random.uniform(ratio_rng, (n,), minval=-log_ratio, maxval=log_ratio))
@@ -133,6 +139,13 @@ def random_resized_crop(images, rng, *, min_scale: float, log_ratio=math.log(4 /
   width = jnp.minimum(jnp.sqrt(area * ratio), 1.0)
   top = jax.random.uniform(y_rng, (n,)) * (1.0 - height)
   left = jax.random.uniform(x_rng, (n,)) * (1.0 - width)
+  return crop_and_resize(images, top, left, height, width)
+
+
+def crop_and_resize(images, top, left, height, width):
+  """Each NHWC image's box (top, left, height, width: (n,) fractions of its sides) resized to
+  the image's size, bilinearly."""
+  _, h, w, c = images.shape
   scale = jnp.stack([1.0 / height, 1.0 / width], axis=1)  # output pixels per input pixel
   translation = -jnp.stack([top * h, left * w], axis=1) * scale
 

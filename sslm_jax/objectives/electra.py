@@ -9,9 +9,10 @@ Batches as masked LM's (`sslm_jax.objectives.lm`): `tokens` (batch, length) one 
 2. trains the generator (`models.electra.Electra`) by masked-LM cross-entropy at those positions,
    which it sees as [MASK];
 3. fills each chosen position with a token sampled from the generator's softmax (normal tokens
-   only), inside the step, from the step's key. The sample is an integer drawn from logits
-   behind `stop_gradient`: the discriminator's loss never reaches the generator through it (the
-   paper trains the generator by its MLM loss alone; shared embeddings get both losses);
+   only), inside the step, from the step's key. The sample is an integer, which carries no
+   gradient (the `stop_gradient` before it only says so): the discriminator's loss never reaches
+   the generator through it (the paper trains the generator by its MLM loss alone; shared
+   embeddings get both losses);
 4. trains the discriminator to tell, at every real token, whether it was replaced: replaced means
    the sample differs from the original (a sampled original counts as original), binary
    cross-entropy averaged over real tokens.
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from sslm_jax.config import Checker, Section
-from sslm_jax.objectives.lm import Vocab, token_nll
+from sslm_jax.objectives.lm import Vocab, row_mask, token_nll
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +96,7 @@ def electra_terms(params, batch, rng, *, model, config, vocab: Vocab, train: boo
   logits = model.apply({'params': params}, corrupted, padding_mask=real, deterministic=not train,
                        rngs={'dropout': discriminator_rng} if train else None,
                        method='discriminator_logits')
-  rows = batch.get('row_mask', jnp.ones(tokens.shape[0], jnp.float32))[:, None]
+  rows = row_mask(batch)[:, None]
   return {'generator_nll': generator_nll, 'generator_correct': generator_correct,
           'generator_weight': valid.astype(jnp.float32) * rows,
           'discriminator_bce': optax.sigmoid_binary_cross_entropy(logits, replaced),

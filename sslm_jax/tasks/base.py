@@ -167,13 +167,15 @@ class InitFrom(Section):
     c.check(isinstance(self.init_from, str), 'init_from', "the workdir of a run, or ''")
 
 
-def start_from(context: Context, config, params: Params, tokenizer: Tokenizer | None) -> Params:
-  """`params`, or when a training run has train.init_from, that run's newest parameters (checked
-  to fit this model, its settings and tokenizer: `restore_matching`)."""
+def start_from(context: Context, config, init: Callable[[], Params],
+               tokenizer: Tokenizer | None) -> Params:
+  """`init()`, or when a training run has train.init_from, that run's newest parameters (checked
+  to fit this model, its settings and tokenizer: `restore_matching`), `init` then only traced
+  for the shapes."""
   if not (context.training and config.train.init_from):
-    return params
+    return init()
   return restore_matching(context, config.train.init_from, None, key='train.init_from',
-                          config=config, tokenizer=tokenizer, like=params)[0]
+                          config=config, tokenizer=tokenizer, like=jax.eval_shape(init))[0]
 
 
 def restore_matching(context: Context, workdir: str, step: int | None, *, key: str, config,

@@ -57,7 +57,8 @@ class ImageInputs:
   def init_params(self, rng):
     m = self.config.model
     dummy = jnp.zeros((1, m.input_size, m.input_size, m.channels), jnp.float32)
-    return start_from(self.context, self.config, init_params(self.model, rng, dummy, rng), None)
+    return start_from(self.context, self.config,
+                      lambda: init_params(self.model, rng, dummy, rng), None)
 
   @functools.cached_property
   def num_train_rows(self) -> int:

@@ -145,8 +145,9 @@ class LanguageTask:
   # --- the task interface (sslm_jax.tasks) ---
   def init_params(self, rng):
     length = min(self.config.text.seq_len, self.config.model.max_len)
-    params = init_params(self.model, rng, jnp.zeros((1, length), jnp.int32))
-    return start_from(self.context, self.config, params, self.tokenizer)
+    return start_from(self.context, self.config,
+                      lambda: init_params(self.model, rng, jnp.zeros((1, length), jnp.int32)),
+                      self.tokenizer)
 
   @property
   def num_train_rows(self) -> int:
