@@ -5,6 +5,9 @@ ELECTRA's. No scratch run (pipeline_fortunes_electra.py has the same model's).
 
   sslm-jax pipeline --config configs/pipeline_fortunes_electra.py          # first: the ELECTRA run
   sslm-jax pipeline --config configs/pipeline_fortunes_simcse_electra.py
+
+ELECTRA_RUN is relative to the folder the command runs in; an ELECTRA run elsewhere is named by
+  --config.pretrain.train.init_from=DIR --config.pretrain.text.tokenizer_path=DIR/tokenizer.model
 """
 
 import os

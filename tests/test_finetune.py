@@ -319,7 +319,7 @@ def test_pipeline_derives_its_runs_from_the_pretraining_config():
   assert runs['pretrain'] is config.pretrain
 
 
-def test_compare_puts_several_pipelines_in_one_table(text_run, image_run, capsys):
+def test_compare_puts_several_pipelines_in_one_table(text_run, image_run, capsys, tmp_path):
   (_, text_dir, text_report), (_, image_dir, image_report) = text_run, image_run
   assert cli.main(['compare', str(text_dir), str(image_dir), str(text_dir)]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
@@ -334,5 +334,16 @@ def test_compare_puts_several_pipelines_in_one_table(text_run, image_run, capsys
   assert rows[0][2] == 'gpt / causal_lm (full)' and rows[4][2] == 'vae / seed (linear_probe)'
   assert rows[0][6] == f'{pretrained["macro_f1"]:.3f}'
   assert rows[1][2] == 'none' and rows[1][3] == ''
+  # Pretraining steps and seconds on the pretrained rows: the pretraining run's.
+  assert rows[0][3] == str(text_report['pretrain']['steps'])
+  assert rows[0][4] == str(round(text_report['wall_seconds']['pretrain']))
+  # A report.json from before issue 19 names no pretraining: its rows but scratch's were.
+  before = json.loads(json.dumps(text_report))  # a copy: the fixture's report is shared
+  for entry in before['tasks']['classification'].values():
+    entry.pop('pretraining', None)
+  (tmp_path / 'report.json').write_text(json.dumps(before))
+  assert cli.main(['compare', str(tmp_path)]) == 0
+  old_rows = [line.split(' | ') for line in capsys.readouterr().out.strip().splitlines()[2:]]
+  assert [r[2] for r in old_rows[:2]] == ['pretrained (full)', 'none']
   assert cli.main(['compare', str(text_dir / 'missing')]) == 2
   assert 'report.json not found' in capsys.readouterr().err

@@ -298,9 +298,11 @@ def compare(workdirs: list[str]) -> str:
           rows.append([os.path.basename(os.path.normpath(workdir)), key, e['method'], '', '',
                        e['accuracy'], e['macro_f1'], e.get('validation_macro_f1')])
           continue
-        pretrained = e.get('pretraining', 'none') != 'none'
+        # report.json before issue 19 has no 'pretraining': every row but scratch was pretrained.
+        pretraining = e.get('pretraining', 'none' if key == 'scratch' else 'pretrained')
+        pretrained = pretraining != 'none'
         rows.append([os.path.basename(os.path.normpath(workdir)), key,
-                     f'{e.get("pretraining")} ({e["regime"]})' if pretrained else 'none',
+                     f'{pretraining} ({e["regime"]})' if pretrained else 'none',
                      pre.get('steps') if pretrained else '',
                      round(report['wall_seconds'].get('pretrain', 0)) if pretrained else '',
                      e['accuracy'], e['macro_f1'], e.get('validation_macro_f1')])
