@@ -142,3 +142,27 @@ def test_eval_means_do_not_depend_on_the_batch_size():
   for other in means[1:]:
     for key in ('mse', 'objective'):
       assert other[key] == pytest.approx(means[0][key], rel=1e-5)
+
+
+def test_metric_writer_starts_without_importing_torch(tmp_path):
+  # A fresh interpreter (this one has torch loaded by other tests): the writer's TensorBoard
+  # events are written, torch stays unimported (tensorboardX would import it: seconds of every
+  # run's start), and `import torch` still works after.
+  import subprocess
+  import sys
+  script = f'''
+import importlib.util, os, sys
+from sslm_jax.train.writers import MetricWriter
+w = MetricWriter({str(tmp_path)!r})
+w.write(3, 'train', {{'loss': 1.5}})
+assert 'torch' not in sys.modules, 'torch imported'
+assert os.listdir(os.path.join({str(tmp_path)!r}, 'tensorboard'))
+if importlib.util.find_spec('torch') is not None:
+  import torch
+  assert torch.ones(2).sum().item() == 2.0
+print('ok')
+'''
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr[-2000:]
+  record = json.loads((tmp_path / 'metrics.jsonl').read_text())
+  assert record == {'step': 3, 'split': 'train', 'loss': 1.5}

@@ -8,10 +8,25 @@ point is the one that continued).
 
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
-from tensorboardX import SummaryWriter
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch at import
+  time when it is installed (the `torch` extra), 2-3 s of every run's start, only to recognize
+  torch tensors, which this library never passes it. Where torch is already imported, as is."""
+  if 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules['torch'] = None  # `import torch` raises ImportError while this is set
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules['torch']  # a later `import torch` imports it as usual
+  return SummaryWriter
 
 
 def _plain(value):
@@ -46,7 +61,8 @@ class MetricWriter:
     self.enabled = enabled
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._jsonl = open(self.path, 'a') if enabled else None
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard')) if enabled else None
+    self._tb = (_summary_writer_class()(os.path.join(workdir, 'tensorboard')) if enabled
+                else None)
 
   def write(self, step: int, split: str, scalars: dict) -> None:
     if not self.enabled:
