@@ -46,6 +46,10 @@ def parse_args(argv=None):
   p.add_argument('--repeats', type=int, default=3, help='interleaved rounds')
   p.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
   p.add_argument('--model', choices=('seed', 'tiny'), default='seed')
+  # 'auto' would run oneDNN's convolutions on one device and XLA's on several (the custom calls
+  # have no sharding rule): the rows would compare kernels as well as layouts.
+  p.add_argument('--conv_impl', choices=('xla', 'auto'), default='xla',
+                 help="model.conv_impl; 'xla' (default) is the same convolutions at every count")
   p.add_argument('--out_dir', default=os.path.join(os.path.dirname(__file__), 'results'))
   p.add_argument('--child', type=int, default=0, help=argparse.SUPPRESS)
   return p.parse_args(argv)
@@ -63,6 +67,7 @@ def measure(args) -> dict:
   from sslm_jax.train.state import create_train_state
 
   config = run_config('vae', 'seed')
+  config.model.conv_impl = args.conv_impl
   if args.model == 'tiny':
     for key, value in TINY.items():
       setattr(config.model, key, value)
@@ -133,7 +138,8 @@ def metadata(args, argv) -> dict:
       'versions': {'jax': jax.__version__, 'jaxlib': jax.lib.__version__,
                    'flax': flax.__version__, 'optax': optax.__version__,
                    'numpy': np.__version__},
-      'settings': {'model': args.model, 'batch_size': args.batch_size, 'steps': args.steps,
+      'settings': {'model': args.model, 'conv_impl': args.conv_impl,
+                   'batch_size': args.batch_size, 'steps': args.steps,
                    'repeats': args.repeats, 'warmup': args.warmup,
                    'optimizer': 'adam 1e-3', 'objective': 'seed', 'data': 'uniform [-1, 1]',
                    'devices': 'simulated CPU devices (xla_force_host_platform_device_count)'},
@@ -148,7 +154,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
       '',
       f'`{meta["command"]}` on {m["platform"]}, {m["cpu_count"]} CPUs, JAX '
       f'{meta["versions"]["jax"]}, Flax {meta["versions"]["flax"]}. {s["model"]} model, global '
-      f'batch {s["batch_size"]} at every device count, Adam, seed objective. Median step time '
+      f'batch {s["batch_size"]} at every device count, Adam, seed objective, '
+      f'model.conv_impl={s.get("conv_impl", "auto")!r}. Median step time '
       f'(p10-p90) over {s["steps"] * s["repeats"]} steps per mode, jit and pmap interleaved. '
       f'The devices are simulated on the same {m["cpu_count"]} CPUs: this is what splitting the '
       f'step does on this machine (collectives, smaller per-device work, the per-step wait, '
