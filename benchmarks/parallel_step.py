@@ -155,7 +155,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
       f'`{meta["command"]}` on {m["platform"]}, {m["cpu_count"]} CPUs, JAX '
       f'{meta["versions"]["jax"]}, Flax {meta["versions"]["flax"]}. {s["model"]} model, global '
       f'batch {s["batch_size"]} at every device count, Adam, seed objective, '
-      f'model.conv_impl={s.get("conv_impl", "auto")!r}. Median step time '
+      f'model.conv_impl={s["conv_impl"]!r}. Median step time '
       f'(p10-p90) over {s["steps"] * s["repeats"]} steps per mode, jit and pmap interleaved. '
       f'The devices are simulated on the same {m["cpu_count"]} CPUs: this is what splitting the '
       f'step does on this machine (collectives, smaller per-device work, the per-step wait, '

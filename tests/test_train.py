@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -148,8 +150,6 @@ def test_metric_writer_starts_without_importing_torch(tmp_path):
   # A fresh interpreter (this one has torch loaded by other tests): the writer's TensorBoard
   # events are written, torch stays unimported (tensorboardX would import it: seconds of every
   # run's start), and `import torch` still works after.
-  import subprocess
-  import sys
   script = f'''
 import importlib.util, os, sys
 from sslm_jax.train.writers import MetricWriter
