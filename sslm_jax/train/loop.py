@@ -121,26 +121,27 @@ class _Metrics:
   most MAX_STEPS_AHEAD steps ahead of the device; steps/s over the training time of a window."""
 
   def __init__(self, steps_per_epoch: int):
+    # (step, metrics) since the last log, fetched ones kept fetched; the newest dispatched steps
     self.pending, self.in_flight = [], collections.deque()
     self.steps_per_epoch = steps_per_epoch
-    self.window_start, self.window_steps = time.time(), 0
+    self.window_start = time.time()
 
   def add(self, done: int, metrics: dict) -> None:
     self.pending.append((done, metrics))
     self.in_flight.append(metrics)
     if len(self.in_flight) > MAX_STEPS_AHEAD:  # waits for an older step; newer ones stay queued
       jax.block_until_ready(self.in_flight.popleft())
-    self.window_steps += 1
 
   def check(self) -> list[tuple[int, dict]]:
-    """The steps since the last log, fetched; raises on a non-finite loss."""
-    return _check_finite(self.pending)
+    """The steps since the last log, fetched (once); raises on a non-finite loss."""
+    self.pending = _check_finite(self.pending)
+    return self.pending
 
   def log(self, done: int) -> dict[str, float]:
     """The means of the steps since the last log, with steps/s and the epoch."""
     fetched, self.pending = self.check(), []
-    rate = self.window_steps / max(time.time() - self.window_start, 1e-9)
-    self.window_start, self.window_steps = time.time(), 0
+    rate = len(fetched) / max(time.time() - self.window_start, 1e-9)
+    self.window_start = time.time()
     means = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
     return {**means, 'steps_per_second': rate, 'epoch': done / self.steps_per_epoch}
 
