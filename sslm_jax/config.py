@@ -13,7 +13,7 @@ problem at once, each naming the key, its value and what is allowed.
 import dataclasses
 import json
 import typing
-from typing import Any, ClassVar, Mapping
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -29,9 +29,6 @@ class ConfigError(ValueError):
 class Section:
   """Base of the dataclasses that define config keys: subclass with fields (keys and defaults)
   and override `check` for the rules beyond each field's type."""
-  # What the owner of a section may say besides its keys (e.g. a model family's inputs).
-  DESCRIPTION: ClassVar[str] = ''
-
   @classmethod
   def keys(cls) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))

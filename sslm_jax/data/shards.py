@@ -141,27 +141,24 @@ class TokenShards:
   """The rows of one split of a token folder, a RowSource: `read(indices)` -> {'tokens': int32
   (len(indices), seq_len + 1)}, one batched read per shard touched.
 
-  At most `max_open` shard readers stay open (least recently used closed first), so memory
+  At most MAX_OPEN_SHARDS shard readers stay open (least recently used closed first), so memory
   does not grow with the number of shards. Picklable for Grain's worker processes (readers are
   opened where they are used).
   """
 
-  def __init__(self, token_dir: str, split: str, *, manifest: dict | None = None,
-               max_open: int = MAX_OPEN_SHARDS, check: bool = True):
+  def __init__(self, token_dir: str, split: str, *, manifest: dict | None = None):
     manifest = manifest or read_manifest(token_dir)
     if split not in manifest['splits']:
       raise DataError(f'split {split!r} is not in {os.path.join(token_dir, MANIFEST)}; allowed: '
                       f'{sorted(manifest["splits"])} (or tokenize it: `sslm-jax data tokenize`)')
     entry = manifest['splits'][split]
-    if check:
-      check_shards(token_dir, split, entry)
+    check_shards(token_dir, split, entry)
     self.split, self.seq_len, self.counts = split, manifest['seq_len'], entry
     self._dtype = np.dtype(manifest['dtype']).newbyteorder('<')
     self._row_bytes = (self.seq_len + 1) * self._dtype.itemsize
     self._paths = [os.path.join(token_dir, s['file']) for s in entry['shards']]
     self._rows_per_shard = manifest['rows_per_shard']
     self._num_rows = entry['rows']
-    self._max_open = max_open
     self._init_readers()
 
   def _init_readers(self):
@@ -194,7 +191,7 @@ class TokenShards:
         self._in_use[s] += 1
         readers[s] = reader
       for s in list(self._open):
-        if len(self._open) <= self._max_open:
+        if len(self._open) <= MAX_OPEN_SHARDS:
           break
         if not self._in_use[s]:
           self._open.pop(s).close()
