@@ -226,6 +226,12 @@ class TokenShards:
     return {'tokens': rows.astype(np.int32)}
 
 
+def run_splits(data) -> tuple[str, ...]:
+  """The splits a run reads (`data` section: train, eval, test), each once, unset ones left out."""
+  return tuple(dict.fromkeys(s for s in (data.train_split, data.eval_split, data.test_split)
+                             if s))
+
+
 def check_for_run(config, workdir: str) -> tuple[dict, str]:
   """(manifest, tokenizer path) of `config.data.token_dir`, refused unless the run's settings,
   tokenizer (text.tokenizer_path, or the workdir's from an earlier start) and splits fit."""
@@ -250,8 +256,7 @@ def check_for_run(config, workdir: str) -> tuple[dict, str]:
                         f'made with (sha256 {expected[:16]}, vocab '
                         f'{manifest["tokenizer"]["vocab_size"]}); allowed: that tokenizer, or '
                         f'`sslm-jax data tokenize` with this one into another folder')
-  d = config.data
-  for split in dict.fromkeys(s for s in (d.train_split, d.eval_split, d.test_split) if s):
+  for split in run_splits(config.data):
     if split not in manifest['splits']:
       raise DataError(f'split {split!r} is not in {where}; allowed: {sorted(manifest["splits"])}'
                       f' (or `sslm-jax data tokenize --splits ...` with it)')
@@ -365,8 +370,7 @@ def tokenize(config, out_dir: str, *, splits: tuple[str, ...] = (), workers: int
   import tqdm
   started = time.time()
   d = config.data
-  splits = tuple(dict.fromkeys(splits or [s for s in (d.train_split, d.eval_split, d.test_split)
-                                          if s]))
+  splits = tuple(dict.fromkeys(splits or run_splits(d)))
   wanted = settings(config)
   manifest_path = os.path.join(out_dir, MANIFEST)
   if os.path.exists(manifest_path):

@@ -76,9 +76,8 @@ class LanguageTask:
     if config.data.pipeline == 'grain':
       self._manifest, path = shards.check_for_run(config, workdir)
       self.tokenizer = Tokenizer.load(path)
-      d = config.data
       if training:  # every shard checked before anything is written
-        for split in dict.fromkeys(s for s in (d.train_split, d.eval_split, d.test_split) if s):
+        for split in shards.run_splits(config.data):
           self.source(split)
       if training and jax.process_index() == 0:  # eval and sampling load the workdir's
         os.makedirs(workdir, exist_ok=True)
