@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks._common import rss_mb, table_head, write_results  # noqa: E402
 from sslm_jax.data import shards  # noqa: E402
+from sslm_jax.train.writers import write_atomic  # noqa: E402
 
 GPT_SHAPE = (32, 128)     # configs/gpt_fortunes.py's step (benchmarks/gpt_step.py's first row)
 LARGE_SHAPE = (64, 1024)  # GPT-2's rows
@@ -82,7 +83,7 @@ def make_token_dir(path: str, num_rows: int, seq_len: int, seed: int = 0) -> str
               'rows_per_shard': per,
               'splits': {'train': {'rows': num_rows, 'tokens': num_rows * seq_len,
                                    'shards': entries}}}
-  shards.write_atomic(os.path.join(path, shards.MANIFEST), json.dumps(manifest).encode())
+  write_atomic(os.path.join(path, shards.MANIFEST), json.dumps(manifest).encode())
   return path
 
 

@@ -36,6 +36,7 @@ from sslm_jax.train import optim
 from sslm_jax.train.config import TrainConfig
 from sslm_jax.train.parallel import ParallelConfig
 from sslm_jax.train.state import TrainState, create_train_state
+from sslm_jax.train.writers import write_atomic
 
 CLASSIFICATION = 'classification'  # an objective every model family can be trained by
 # What pipelines before run configs held only their own keys wrote into keys a run does not
@@ -242,10 +243,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
 def record_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """config.json of the run, written once the run is known to start (atomically)."""
   if jax.process_index() == 0:
-    path = os.path.join(workdir, 'config.json')
-    with open(path + '.tmp', 'w') as f:
-      f.write(config_lib.to_json(config))
-    os.replace(path + '.tmp', path)
+    write_atomic(os.path.join(workdir, 'config.json'), config_lib.to_json(config).encode())
 
 
 # --- setup and restoring ----------------------------------------------------------------------

@@ -41,6 +41,7 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 from sslm_jax.data import text as text_data
 from sslm_jax.data.tfds_utils import DataError, data_source, prepare, read_records
 from sslm_jax.data.tokenizer import EOS_ID, Tokenizer, num_bytes, num_chars, train_tokenizer
+from sslm_jax.train.writers import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,6 @@ def settings(config) -> dict:
 
 def token_dtype(vocab_size: int) -> str:
   return 'uint16' if vocab_size <= 2 ** 16 else 'int32'
-
-
-def write_atomic(path: str, data: bytes) -> None:
-  with open(path + '.tmp', 'wb') as f:
-    f.write(data)
-  os.replace(path + '.tmp', path)
 
 
 def read_manifest(token_dir: str) -> dict:

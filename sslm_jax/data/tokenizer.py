@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 
 from sslm_jax.data.tfds_utils import DataError
+from sslm_jax.train.writers import write_atomic
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID, NEWLINE_ID = 0, 1, 2, 3, 4, 5
 MASK_PIECE = '[MASK]'
@@ -119,10 +120,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int, model_path: str,
   tokenizer = Tokenizer(writer.getvalue())
   folder = os.path.dirname(os.path.abspath(model_path))
   os.makedirs(folder, exist_ok=True)
-  tmp = model_path + '.tmp'
-  with open(tmp, 'wb') as f:
-    f.write(tokenizer.model_proto)
-  os.replace(tmp, model_path)
+  write_atomic(model_path, tokenizer.model_proto)
   return tokenizer
 
 

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from sslm_jax.eval import plots
+from sslm_jax.train.writers import write_atomic
 
 # What a pretraining evaluation reports that a reader compares (text, then images).
 _PRETRAIN_METRICS = ('loss', 'perplexity', 'accuracy', 'bits_per_char', 'objective', 'mse', 'kl',
@@ -125,9 +126,7 @@ def _verdict(entries: dict) -> list[str]:
 
 
 def _write_md(path: str, lines: list[str]) -> None:
-  with open(path + '.tmp', 'w') as f:
-    f.write('\n'.join(lines))
-  os.replace(path + '.tmp', path)
+  write_atomic(path, '\n'.join(lines).encode())
 
 
 def write_report(workdir: str, *, config, names: RunNames, runs: dict, stats: dict,

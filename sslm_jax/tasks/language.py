@@ -36,6 +36,7 @@ from sslm_jax.objectives import bind_loss, contrastive, electra, lm
 from sslm_jax.tasks import text
 from sslm_jax.tasks.base import (TOKENIZER_FILE, Context, InitFrom, eval_key, init_params,
                                  start_from)
+from sslm_jax.train.writers import write_atomic
 
 
 def _lm_means(totals: dict, objective, facts: dict) -> dict:
@@ -81,7 +82,7 @@ class LanguageTask:
           self.source(split)
       if training and jax.process_index() == 0:  # eval and sampling load the workdir's
         os.makedirs(workdir, exist_ok=True)
-        shards.write_atomic(os.path.join(workdir, TOKENIZER_FILE), self.tokenizer.model_proto)
+        write_atomic(os.path.join(workdir, TOKENIZER_FILE), self.tokenizer.model_proto)
     else:
       self.tokenizer = text.load_or_train_tokenizer(
           config, workdir, training=training,
@@ -206,11 +207,9 @@ class LanguageTask:
       return
     samples = self.sample_text(params, prompt=t.sample_prompt, num=t.num_samples,
                                seed=self.config.seed)
-    path = os.path.join(workdir, 'samples.txt')
-    with open(path + '.tmp', 'w') as f:
-      f.write(''.join(f'--- sample {i} (prompt {t.sample_prompt!r}) ---\n{s}\n'
-                      for i, s in enumerate(samples)))
-    os.replace(path + '.tmp', path)
+    write_atomic(os.path.join(workdir, 'samples.txt'),
+                 ''.join(f'--- sample {i} (prompt {t.sample_prompt!r}) ---\n{s}\n'
+                         for i, s in enumerate(samples)).encode())
 
   def describe(self) -> dict:
     d = self.config.data

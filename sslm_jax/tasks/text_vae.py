@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslm_jax.config import Checker, Section
-from sslm_jax.data import loader, shards
+from sslm_jax.data import loader
 from sslm_jax.data import text as text_data
 from sslm_jax.data.tfds_utils import DataError
 from sslm_jax.eval import text_vae as tv_eval
@@ -53,6 +53,7 @@ from sslm_jax.objectives import text_vae as tv_obj
 from sslm_jax.tasks import text
 from sslm_jax.tasks.base import (Context, check_fits, check_tokenizer, eval_key, init_params,
                                  over_rows, restore_run)
+from sslm_jax.train.writers import write_atomic
 
 LONG_DOCUMENTS = ('drop', 'truncate')
 SUMMARY_KEYS = ('elbo_nll', 'iw_nll', 'kl', 'recon', 'active_units', 'mutual_info', 'lm_nll')
@@ -312,7 +313,7 @@ class TextVAETask:
     _, path = self.homotopy(params, sentences[0], sentences[1], steps=5)
     lines.append('--- homotopy ---\n' + '\n'.join(f'{i / 4:.2f}: {s}' for i, s in
                                                    enumerate(path)))
-    shards.write_atomic(os.path.join(workdir, 'samples.txt'), ('\n'.join(lines) + '\n').encode())
+    write_atomic(os.path.join(workdir, 'samples.txt'), ('\n'.join(lines) + '\n').encode())
 
   def describe(self) -> dict:
     d, m = self.config.data, self.config.model

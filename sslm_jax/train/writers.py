@@ -81,6 +81,13 @@ class MetricWriter:
       self._tb.close()
 
 
+def write_atomic(path: str, data: bytes) -> None:
+  """`data` as the file `path`, which appears only once complete (temp file + rename)."""
+  with open(path + '.tmp', 'wb') as f:
+    f.write(data)
+  os.replace(path + '.tmp', path)
+
+
 def write_json(path: str, data: dict) -> None:
   """Atomic JSON write (temp file + rename)."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
