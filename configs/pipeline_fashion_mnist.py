@@ -10,6 +10,8 @@ images without labels; test (10,000) is read once per model.
      frozen, Adam 1e-2) and full fine-tuning (Adam 1e-3, the encoder at 0.3x); 3 epochs each.
   3. the same classifier from random weights with the same budget, and multinomial logistic
      regression on the raw pixels (C chosen on validation).
+  4. the same logistic regression on the frozen, standardized encoder features: of the
+     pretrained encoder, and of the same encoder at random initialization (the control).
 
   sslm-jax pipeline --config configs/pipeline_fashion_mnist.py   # -> runs/pipeline_fashion_mnist
 """
@@ -39,4 +41,5 @@ def get_config():
 
   config.baseline.c_values = (0.1, 1.0)
   config.baseline.max_iter = 200
+  config.baseline.probe_features = True
   return config

@@ -9,6 +9,8 @@ runs, in order:
   finetune_scratch          the same classifier from random weights, same budget
   <run>: select and test    the checkpoint best on validation macro-F1, evaluated on test once
   baseline                  TF-IDF + LinearSVC (text) / logistic regression on pixels (images)
+  feature probes            (baseline.probe_features) logistic regression on the frozen
+                            features of the pretrained encoder and of a random one
   report                    report.md, report.json, confusion_matrix.png, curves.png
 
 Training runs go through `loop.train_and_evaluate`, which resumes from their checkpoints and
@@ -35,6 +37,7 @@ from sslm_jax import runs as runs_lib
 from sslm_jax.data import labels as label_data
 from sslm_jax.eval import baselines, report as report_lib
 from sslm_jax.eval import metrics as metrics_lib
+from sslm_jax.tasks import Context
 from sslm_jax.tasks import classification as cls_task
 from sslm_jax.train import checkpoint as ckpt_lib
 from sslm_jax.train import loop, writers
@@ -160,17 +163,51 @@ def run_baseline(config, run_config, out_dir: str, cache: dict) -> dict:
       num_classes=num_classes, c_values=b.c_values, max_iter=b.max_iter, ngram_max=b.ngram_max,
       class_weight='balanced' if run_config.objective.class_weights == 'balanced' else None,
       seed=run_config.seed)
-  validation = metrics_lib.summary(metrics_lib.classification_metrics(
-      splits[1].labels, fitted['validation_predictions'], num_classes))
-  result = {'settings': settings, 'method': fitted['method'], 'c': fitted['c'],
-            'validation_macro_f1_by_c': {str(k): v for k, v in
-                                         fitted['validation_macro_f1'].items()},
-            'validation': validation, 'fit_seconds': fitted['fit_seconds'],
-            'test_split': d.test_split,
-            **_scores(splits[2].labels, fitted['test_predictions'], num_classes)}
+  result = {'settings': settings, **_fitted_result(fitted, splits[1].labels, splits[2].labels,
+                                                  num_classes, d.test_split)}
   os.makedirs(out_dir, exist_ok=True)
   writers.write_json(path, result)
   return result
+
+
+PROBES = {'probe_pretrained': 'the pretrained encoder', 'probe_random': 'the same encoder at '
+          'random initialization'}
+
+
+def run_feature_probes(config, run_config, pretrain_dir: str, cache: dict) -> dict:
+  """Logistic regression (the baseline's C values) on the frozen features the classifier's head
+  reads (`run_config`: a fine-tuning run's, with the pipeline's test split): of the encoder
+  pretrained in `pretrain_dir`, and of the same encoder as the scratch run starts it."""
+  d, b = run_config.data, config.baseline
+  class_weight = 'balanced' if run_config.objective.class_weights == 'balanced' else None
+  results = {}
+  for name, init_from in (('probe_pretrained', pretrain_dir), ('probe_random', '')):
+    probe_config = copy.deepcopy(run_config)
+    probe_config.classifier.init_from = init_from
+    task = cls_task.ClassificationTask(probe_config, Context('', True, runs_lib.restore),
+                                       cache=cache)
+    params = runs_lib.initial_params(task, probe_config)
+    splits = [(task.features(params, s), task.rows(s)['label'])
+              for s in (d.train_split, d.eval_split, d.test_split)]
+    fitted = baselines.fit_on_features(
+        *splits, method=f'logistic regression on the frozen features of {PROBES[name]}',
+        num_classes=task.num_classes, c_values=b.c_values, class_weight=class_weight,
+        max_iter=b.max_iter)
+    results[name] = _fitted_result(fitted, splits[1][1], splits[2][1], task.num_classes,
+                                   d.test_split)
+  return results
+
+
+def _fitted_result(fitted: dict, validation_labels, test_labels, num_classes: int,
+                   test_split: str) -> dict:
+  validation = metrics_lib.summary(metrics_lib.classification_metrics(
+      validation_labels, fitted['validation_predictions'], num_classes))
+  return {'method': fitted['method'], 'c': fitted['c'],
+          'validation_macro_f1_by_c': {str(k): v for k, v in
+                                       fitted['validation_macro_f1'].items()},
+          'validation': validation, 'fit_seconds': fitted['fit_seconds'],
+          'test_split': test_split,
+          **_scores(test_labels, fitted['test_predictions'], num_classes)}
 
 
 def _same_settings(saved, settings: dict) -> bool:
@@ -233,6 +270,10 @@ def run_pipeline(config, workdir: str, *, command: str = '') -> dict:
     with timings.step('baseline'):
       results['baseline'] = run_baseline(config, labelled, os.path.join(workdir, 'baseline'),
                                          cache)
+  if config.baseline.probe_features:
+    with timings.step('feature probes'):
+      results.update(run_feature_probes(
+          config, labelled, os.path.join(workdir, pipeline_lib.PRETRAIN_RUN), cache))
   with timings.step('report'):
     names = report_lib.RunNames(
         pipeline_lib.PRETRAIN_RUN, {r: pipeline_lib.finetune_run_name(r)

@@ -20,7 +20,10 @@ from sslm_jax import pipeline_config as pipeline_lib
 from sslm_jax import runs as runs_lib
 from sslm_jax.config import ConfigError
 from sslm_jax.pipeline_config import pipeline_config
+from sslm_jax.data import images as image_data
 from sslm_jax.data import labels as label_data
+from sslm_jax.eval import baselines
+from sslm_jax.eval.metrics import classification_metrics
 from sslm_jax.models import heads
 from sslm_jax.objectives import classification
 from sslm_jax.tasks import Context
@@ -97,6 +100,7 @@ def image_run(idx_dataset, tmp_path_factory):
   config = tiny_pipeline({**TINY_VAE, 'data.data_dir': data_dir, 'data.manual_dir': manual_dir},
                          regimes=('linear_probe',),
                          **{'data.validation_fraction': 0.2, 'train.batch_size': 16})
+  config.baseline.probe_features = True
   workdir = tmp_path_factory.mktemp('image_pipeline')
   return config, workdir, pipeline.run_pipeline(config, str(workdir))
 
@@ -183,10 +187,16 @@ def test_rerun_resumes_and_retrains_nothing(text_run):
 def test_image_pipeline_on_idx_images_without_a_validation_split(image_run):
   _, workdir, report = image_run
   entries = report['tasks']['classification']
-  assert set(entries) == {'pretrained', 'scratch', 'baseline', 'majority'}
+  assert set(entries) == {'pretrained', 'scratch', 'baseline', 'majority', 'probe_pretrained',
+                          'probe_random'}
   assert entries['pretrained']['regime'] == 'linear_probe'
   assert entries['baseline']['method'] == 'logistic regression on raw pixels'
   assert entries['baseline']['macro_f1'] > 0.5  # class-dependent blobs
+  assert entries['probe_random']['method'].endswith('the same encoder at random initialization')
+  for key in ('probe_pretrained', 'probe_random'):
+    assert entries[key]['c'] == 1.0 and 0 <= entries[key]['validation_macro_f1'] <= 1
+    assert "logistic regression) on the pretrained encoder's frozen features" in \
+        (workdir / 'report.md').read_text()
   stats = json.loads((workdir / 'data_stats.json').read_text())
   train, validation = stats['splits']['train'], stats['splits']['validation']
   assert stats['validation_carved'] and train['examples'] + validation['examples'] == 256
@@ -194,6 +204,40 @@ def test_image_pipeline_on_idx_images_without_a_validation_split(image_run):
                              np.round(0.2 * (np.asarray(train['class_counts']) +
                                              validation['class_counts'])))
   assert 'stratified 20% of each class' in (workdir / 'report.md').read_text()
+
+
+@pytest.mark.slow
+def test_feature_probes_fit_what_the_head_reads_of_each_encoder(image_run):
+  config, workdir, report = image_run
+  entries = report['tasks']['classification']
+  probe = pipeline_lib.pipeline_runs(config, str(workdir))['finetune_pretrained_linear_probe']
+  run = runs_lib.setup(probe, str(workdir / 'unused'))  # the pretrained encoder, a new head
+  task, params = run.task, run.init_state.params
+  features = task.features(params, 'validation')
+  # The pretrained VAE's posterior mean, computed by the VAE itself (another compilation of the
+  # same float32 arithmetic: rounding only).
+  pretrain_run, pretrained, _ = runs_lib.restore_params(str(workdir / 'pretrain'))
+  images = image_data.to_model_input(task.rows('validation')['image'], probe.model.input_size)
+  mean, _ = pretrain_run.task.model.apply({'params': pretrained}, images, method='encode')
+  np.testing.assert_allclose(features, mean, rtol=1e-5, atol=1e-6)
+  # ... and the head's logits are a linear function of exactly these features.
+  head = params['head']
+  logits = task.model.apply({'params': params}, images)
+  np.testing.assert_allclose(logits, features @ head['kernel'] + head['bias'], rtol=1e-5,
+                             atol=1e-5)
+  # Refitting on the pretrained and on the random encoder's features gives the report's scores
+  # (L-BFGS is deterministic), and the two encoders' features differ.
+  random_task = runs_lib.setup(pipeline_lib.pipeline_runs(config, str(workdir))
+                               ['finetune_scratch'], str(workdir / 'unused')).task
+  random = runs_lib.initial_params(random_task, probe)
+  for key, p in (('probe_pretrained', params), ('probe_random', random)):
+    fitted = baselines.fit_on_features(
+        *[(task.features(p, s), task.rows(s)['label']) for s in ('train', 'validation', 'test')],
+        method='', num_classes=task.num_classes, c_values=config.baseline.c_values)
+    test = task.rows('test')['label']
+    assert float(classification_metrics(test, fitted['test_predictions'], task.num_classes)
+                 ['macro_f1']) == pytest.approx(entries[key]['macro_f1'], abs=1e-12), key
+  assert not np.allclose(task.features(random, 'validation'), features)
 
 
 def test_pipeline_config_errors_are_named_before_any_work(tmp_path, capsys):
@@ -328,8 +372,8 @@ def test_compare_puts_several_pipelines_in_one_table(text_run, image_run, capsys
   # Each pipeline's pretrained and scratch rows (the repeated folder's too); a baseline or
   # majority row once per dataset and method.
   assert [r[1] for r in rows] == ['pretrained', 'scratch', 'baseline', 'majority',
-                                  'pretrained', 'scratch', 'baseline', 'majority',
-                                  'pretrained', 'scratch']
+                                  'pretrained', 'scratch', 'probe_pretrained', 'probe_random',
+                                  'baseline', 'majority', 'pretrained', 'scratch']
   pretrained = text_report['tasks']['classification']['pretrained']
   assert rows[0][2] == 'gpt / causal_lm (full)' and rows[4][2] == 'vae / seed (linear_probe)'
   assert rows[0][6] == f'{pretrained["macro_f1"]:.3f}'

@@ -22,7 +22,7 @@ from sslm_jax.tasks.language import LanguageTask
 from sslm_jax.train import loop
 
 VOCAB = lm.Vocab(size=40, pad_id=0, bos_id=2, eos_id=3, mask_id=4, first_normal_id=5)
-RTD = types.SimpleNamespace(mask_rate=0.3, discriminator_weight=50.0)
+RTD = types.SimpleNamespace(mask_rate=0.3, discriminator_weight=50.0, sampling_temperature=1.0)
 # A tiny ELECTRA pretraining run on the `corpus` fixture.
 TINY_RUN = {'data.name': 'text_files/fortunes', 'data.eval_split': 'validation',
             'text.vocab_size': 320, 'text.seq_len': 24, 'text.num_samples': 0,
@@ -141,6 +141,52 @@ def test_no_gradient_reaches_the_generator_from_the_discriminator(rtd):
   assert touched[1] == {'shared_embed', 'generator_dense', 'generator_bias'}
 
 
+def test_sampling_temperature_flattens_the_generators_distribution():
+  # Three normal tokens at probabilities 0.7, 0.2 and 0.1 (specials high, never drawn): at
+  # temperature T the sample follows p ** (1 / T), renormalised.
+  p = np.array([0.7, 0.2, 0.1])
+  logits = np.full(VOCAB.first_normal_id + 3, 5.0)
+  logits[VOCAB.first_normal_id:] = np.log(p)
+  logits = jnp.broadcast_to(jnp.asarray(logits, jnp.float32), (200, 100, len(logits)))
+  n = 200 * 100
+  for temperature in (1.0, 3.0):
+    drawn = np.asarray(electra.sample_replacements(logits, jax.random.PRNGKey(0), VOCAB,
+                                                   temperature)).ravel()
+    assert drawn.min() >= VOCAB.first_normal_id
+    counts = np.bincount(drawn - VOCAB.first_normal_id, minlength=3)
+    expected = p ** (1 / temperature) / (p ** (1 / temperature)).sum()
+    # Binomial counts: 5 standard deviations (at most 0.016 of 20,000 draws) is never exceeded
+    # by chance, while 0.7 against 0.45 at T = 3 is 0.25.
+    np.testing.assert_allclose(counts / n, expected, atol=5 * np.sqrt(0.25 / n))
+
+
+def test_intensity_jitter_scales_brightness_and_contrast_within_the_strengths():
+  rng = np.random.default_rng(0)
+  # Grey images in [-1, 0] ([0, 0.5] as intensities): no brightness factor up to 1.4 pushes
+  # them out of range, so nothing is clipped and each factor can be read back.
+  images = jnp.asarray(rng.uniform(-1, 0, (64, 6, 6, 1)), jnp.float32)
+  x = (np.asarray(images) + 1) / 2
+  brighter = (np.asarray(contrastive.jitter(images, jax.random.PRNGKey(1), brightness=0.4,
+                                            contrast=0.0)) + 1) / 2
+  factor = brighter.sum(axis=(1, 2, 3)) / x.sum(axis=(1, 2, 3))  # one an image, in [0.6, 1.4]
+  # float32 rounding of values below 1 (the [-1, 1] <-> [0, 1] maps round to about 1e-7).
+  np.testing.assert_allclose(brighter, x * factor[:, None, None, None], atol=1e-6)
+  assert 0.6 <= factor.min() and factor.max() <= 1.4 and np.ptp(factor) > 0.4
+  # Intensities in [0.25, 0.75]: a spread about the mean scaled up to 1.4 stays in [0, 1].
+  images = jnp.asarray(rng.uniform(-0.5, 0.5, (64, 6, 6, 1)), jnp.float32)
+  x = (np.asarray(images) + 1) / 2
+  contrasted = (np.asarray(contrastive.jitter(images, jax.random.PRNGKey(2), brightness=0.0,
+                                              contrast=0.4)) + 1) / 2
+  # The mean stays, the spread about it scales by one factor an image in [0.6, 1.4].
+  np.testing.assert_allclose(contrasted.mean(axis=(1, 2, 3)), x.mean(axis=(1, 2, 3)), atol=1e-5)
+  spread = contrasted.std(axis=(1, 2, 3)) / x.std(axis=(1, 2, 3))
+  assert 0.6 - 1e-5 <= spread.min() and spread.max() <= 1.4 + 1e-5 and np.ptp(spread) > 0.4
+  # Clipped to the images' range whatever the factor.
+  white = contrastive.jitter(jnp.ones((8, 4, 4, 1)), jax.random.PRNGKey(3), brightness=1.0,
+                             contrast=1.0)
+  assert float(white.max()) <= 1.0 and float(white.min()) >= -1.0
+
+
 def info_nce_reference(a, b, t, rows):
   a = a / np.linalg.norm(a, axis=1, keepdims=True)
   b = b / np.linalg.norm(b, axis=1, keepdims=True)
@@ -206,8 +252,8 @@ def test_views_are_random_crops_of_the_image():
 def test_a_view_is_flipped_left_to_right_half_the_time():
   # A ramp rising left to right: any crop of it still rises, its mirror image falls.
   images = jnp.tile(jnp.linspace(-1, 1, 10)[None, None, :, None], (64, 10, 1, 1))
-  views = np.asarray(jax.jit(contrastive.augment, static_argnames='min_scale')(
-      images, jax.random.PRNGKey(3), min_scale=0.5))
+  views = np.asarray(jax.jit(contrastive.augment, static_argnames='views')(
+      images, jax.random.PRNGKey(3), contrastive.Views(min_scale=0.5)))
   step = np.diff(views, axis=2)  # along the width
   rising, falling = (step > 0).all(axis=(1, 2, 3)), (step < 0).all(axis=(1, 2, 3))
   assert (rising | falling).all()  # each view is a crop, or a crop mirrored left to right

@@ -2,7 +2,9 @@
 `pip install 'sslm-jax[baselines]'`).
 
 - text: TF-IDF of word 1..ngram_max-grams (sublinear term frequency) + a linear SVM (LinearSVC),
-- images: multinomial logistic regression on the raw pixels scaled to [0, 1].
+- images: multinomial logistic regression on the raw pixels scaled to [0, 1];
+- encoder features (`fit_on_features`, a pipeline's `baseline.probe_features`): the same
+  logistic regression on standardized features of a frozen encoder.
 
 The regularization C is the value of `c_values` with the best macro-F1 on the validation split
 (never the test split); the test split is predicted once, by that model.
@@ -36,6 +38,10 @@ class BaselineConfig(Section):
                                                       # chosen on validation
   max_iter: int = 200             # logistic regression iterations (images)
   ngram_max: int = 2              # TF-IDF word n-grams 1..ngram_max (text)
+  # Also a linear probe by logistic regression (`fit_on_features`, same C values) on the frozen
+  # features the classifier's head reads: of the pretrained encoder, and of the same encoder
+  # at its random initialization (the control: what the architecture alone gives).
+  probe_features: bool = False
 
   def check(self, c: Checker) -> None:
     if c.choice('name', BASELINES) and self.name != 'none':
@@ -72,6 +78,29 @@ def _model(is_text: bool, c: float, class_weight, max_iter: int, seed: int):
   return LogisticRegression(C=c, class_weight=class_weight, max_iter=max_iter)
 
 
+def _require_sklearn() -> None:
+  try:
+    import sklearn  # noqa: F401, PLC0415  pylint: disable=unused-import
+  except ImportError as e:
+    raise ImportError(f'the baseline needs scikit-learn: {INSTALL_HINT}') from e
+
+
+def _select(make_model, x_train, y_train, x_val, y_val, x_test, *, c_values, num_classes: int,
+            method: str, started: float) -> dict:
+  """Fits `make_model(c)` for each C; the best on validation macro-F1 predicts test."""
+  scores, models = {}, {}
+  for c in c_values:
+    model = make_model(float(c)).fit(x_train, y_train)
+    scores[float(c)] = float(metrics_lib.classification_metrics(
+        y_val, model.predict(x_val), num_classes)['macro_f1'])
+    models[float(c)] = model
+  best = max(scores, key=lambda c: (scores[c], -c))  # ties: the stronger regularization
+  return {'method': method, 'c': best, 'validation_macro_f1': scores,
+          'validation_predictions': models[best].predict(x_val).astype(np.int64),
+          'test_predictions': models[best].predict(x_test).astype(np.int64),
+          'fit_seconds': time.time() - started}
+
+
 def fit_and_predict(is_text: bool, train, validation, test, *, num_classes: int,
                     c_values=(1.0,), class_weight: str | None = None, max_iter: int = 200,
                     ngram_max: int = 2, seed: int = 0) -> dict:
@@ -80,20 +109,28 @@ def fit_and_predict(is_text: bool, train, validation, test, *, num_classes: int,
   Returns {'method', 'c', 'validation_macro_f1' (by C), 'validation_predictions',
   'test_predictions', 'fit_seconds'}.
   """
-  try:
-    import sklearn  # noqa: F401, PLC0415  pylint: disable=unused-import
-  except ImportError as e:
-    raise ImportError(f'the baseline needs scikit-learn: {INSTALL_HINT}') from e
+  _require_sklearn()
   started = time.time()
   x_train, (x_val, x_test) = _features(is_text, train[0], (validation[0], test[0]), ngram_max)
-  scores, models = {}, {}
-  for c in c_values:
-    model = _model(is_text, float(c), class_weight, max_iter, seed).fit(x_train, train[1])
-    scores[float(c)] = float(metrics_lib.classification_metrics(
-        validation[1], model.predict(x_val), num_classes)['macro_f1'])
-    models[float(c)] = model
-  best = max(scores, key=lambda c: (scores[c], -c))  # ties: the stronger regularization
-  return {'method': describe(is_text, ngram_max), 'c': best, 'validation_macro_f1': scores,
-          'validation_predictions': models[best].predict(x_val).astype(np.int64),
-          'test_predictions': models[best].predict(x_test).astype(np.int64),
-          'fit_seconds': time.time() - started}
+  return _select(lambda c: _model(is_text, c, class_weight, max_iter, seed), x_train, train[1],
+                 x_val, validation[1], x_test, c_values=c_values, num_classes=num_classes,
+                 method=describe(is_text, ngram_max), started=started)
+
+
+def fit_on_features(train, validation, test, *, method: str, num_classes: int,
+                    c_values=(1.0,), class_weight: str | None = None,
+                    max_iter: int = 200) -> dict:
+  """A linear probe by the image baseline's classifier: `train`, `validation`, `test` are
+  (features (N, F), labels) of a frozen encoder; each feature is standardized by its mean and
+  deviation on `train` (encoders' features differ in scale by orders of magnitude, pixels do
+  not), then multinomial logistic regression, C chosen on validation. Returns as
+  `fit_and_predict`."""
+  _require_sklearn()
+  from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+  from sklearn.pipeline import make_pipeline  # noqa: PLC0415
+  from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
+  started = time.time()
+  make = lambda c: make_pipeline(StandardScaler(), LogisticRegression(  # noqa: E731
+      C=c, class_weight=class_weight, max_iter=max_iter))
+  return _select(make, train[0], train[1], validation[0], validation[1], test[0],
+                 c_values=c_values, num_classes=num_classes, method=method, started=started)

@@ -18,6 +18,8 @@ from sslm_jax.train.writers import write_atomic
 _PRETRAIN_METRICS = ('loss', 'perplexity', 'accuracy', 'bits_per_char', 'objective', 'mse', 'kl',
                      'elbo_nats', 'generator_perplexity', 'generator_accuracy',
                      'discriminator_accuracy', 'replaced_recall')
+# Entries fitted by scikit-learn (they name a `method`), in the order tables show them.
+METHOD_ENTRIES = ('probe_pretrained', 'probe_random', 'baseline', 'majority')
 REPORTED = ('accuracy', 'macro_precision', 'macro_recall', 'macro_f1', 'micro_f1',
             'weighted_f1')
 
@@ -37,7 +39,7 @@ class RunNames:
 
 def _entries(names: RunNames, results: dict, pretraining: str) -> dict:
   """report.json's entries: pretrained (the first regime), pretrained_<other regime>, scratch,
-  baseline, majority; each with the test metrics and how it was obtained (`pretraining`: the
+  probe_pretrained, probe_random, baseline, majority; each with the test metrics and how it was obtained (`pretraining`: the
   pretraining run's model / objective)."""
   entries = {}
   for i, (regime, run) in enumerate(names.finetune.items()):
@@ -51,11 +53,11 @@ def _entries(names: RunNames, results: dict, pretraining: str) -> dict:
                 'pretraining': pretraining if key != 'scratch' else 'none',
                 'selected_step': r['selected_step'],
                 'validation_macro_f1': r['validation'].get('macro_f1')}
-  for key in ('baseline', 'majority'):
+  for key in METHOD_ENTRIES:
     if key in results:
       r = results[key]
       out[key] = {**{k: r['test'][k] for k in REPORTED}, 'method': r['method']}
-      if key == 'baseline':
+      if key != 'majority':
         out[key].update(c=r['c'], validation_macro_f1=r['validation']['macro_f1'])
   return out
 
@@ -118,6 +120,14 @@ def _verdict(entries: dict) -> list[str]:
       lines.append(f'- Pretrained-then-fine-tuned ({pre["regime"]}) **{word}** {what}: '
                    f'macro-F1 {pre["macro_f1"]:.3f} vs {entries[other]["macro_f1"]:.3f} '
                    f'({delta:+.3f}).')
+  probe = entries.get('probe_pretrained')
+  for other in ('probe_random', 'baseline'):
+    if probe and other in entries:
+      delta = probe['macro_f1'] - entries[other]['macro_f1']
+      lines.append(f'- A linear probe (logistic regression) on the pretrained encoder\'s frozen '
+                   f'features **{"beats" if delta > 0 else "does not beat"}** '
+                   f'{entries[other]["method"]}: macro-F1 {probe["macro_f1"]:.3f} vs '
+                   f'{entries[other]["macro_f1"]:.3f} ({delta:+.3f}).')
   met = all(pre['macro_f1'] > entries[k]['macro_f1'] for k in ('scratch', 'baseline')
             if k in entries)
   lines.append(f'- Goal (pretrained beats scratch and the baseline on test macro-F1): '
@@ -286,8 +296,10 @@ def compare(workdirs: list[str]) -> str:
       report = json.load(f)
     pre = report.get('pretrain', {})
     for entries in report['tasks'].values():
-      # report.json's keys come back sorted: pretrained ones, scratch, then the baselines.
-      for key in sorted(entries, key=lambda k: ('method' in entries[k], k == 'scratch', k)):
+      # report.json's keys come back sorted: pretrained ones, scratch, then METHOD_ENTRIES.
+      order = lambda k: ('method' in entries[k], k == 'scratch',  # noqa: E731
+                         METHOD_ENTRIES.index(k) if k in METHOD_ENTRIES else -1, k)
+      for key in sorted(entries, key=order):
         e = entries[key]
         if 'method' in e:
           same = (report['dataset'], e['method'], e['macro_f1'])

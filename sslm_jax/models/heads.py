@@ -61,18 +61,22 @@ class TextClassifier(_Classifier):
   """
   pooling: str = 'mean'
 
+  def features(self, tokens: jax.Array, mask: jax.Array | None = None, *,
+               deterministic: bool = True) -> jax.Array:
+    """(batch, features) float32: the pooled hidden states the head reads."""
+    if isinstance(self.encoder, GPT):
+      hidden = self.encoder.encode(tokens, deterministic=deterministic)
+    else:
+      hidden = self.encoder.encode(tokens, padding_mask=mask, deterministic=deterministic)
+    return pool(hidden.astype(jnp.float32), mask, self.pooling)
+
   @nn.compact
   def __call__(self, tokens: jax.Array, mask: jax.Array | None = None, *,
                deterministic: bool = True) -> jax.Array:
     if self.is_initializing():
       self.encoder(tokens)  # every parameter of the pretraining model
-    encoder_deterministic = deterministic or self.freeze_encoder
-    if isinstance(self.encoder, GPT):
-      hidden = self.encoder.encode(tokens, deterministic=encoder_deterministic)
-    else:
-      hidden = self.encoder.encode(tokens, padding_mask=mask,
-                                   deterministic=encoder_deterministic)
-    return self._head(pool(hidden.astype(jnp.float32), mask, self.pooling), deterministic)
+    features = self.features(tokens, mask, deterministic=deterministic or self.freeze_encoder)
+    return self._head(features, deterministic)
 
 
 class ImageClassifier(_Classifier):
@@ -83,13 +87,17 @@ class ImageClassifier(_Classifier):
   VAE); `mask` is accepted and ignored.
   """
 
+  def features(self, images: jax.Array, mask: jax.Array | None = None, *,
+               deterministic: bool = True) -> jax.Array:
+    """(batch, features): the encoder's mean code, which the head reads."""
+    del mask, deterministic
+    return self.encoder.encode(images)[0]
+
   @nn.compact
   def __call__(self, images: jax.Array, mask: jax.Array | None = None, *,
                deterministic: bool = True) -> jax.Array:
-    del mask
     if self.is_initializing():
       # Every parameter of the pretraining model (the decoder too); the key only draws the
       # VAE's latent sample, which no parameter's initial value depends on.
       self.encoder(images, jax.random.PRNGKey(0))
-    mean, _ = self.encoder.encode(images)
-    return self._head(mean, deterministic)
+    return self._head(self.features(images, mask), deterministic)

@@ -44,10 +44,29 @@ class SimCSEConfig(Section):
 class SimCLRLossConfig(Section):
   temperature: float = 0.5        # of NT-Xent's cosine similarities
   crop_min_scale: float = 0.3     # the smallest crop of a view, a fraction of the image's area
+  # Grey images' colour distortion: each view's intensities scaled by a factor in [1 - b, 1 + b]
+  # and its contrast about its own mean by one in [1 - c, 1 + c]. Without it two crops of one
+  # image share their intensity histogram, a shortcut that needs no shape.
+  brightness: float = 0.0
+  contrast: float = 0.0
 
   def check(self, c: Checker) -> None:
     c.number('temperature', 0, low_open=True)
     c.number('crop_min_scale', 0, 1, low_open=True)
+    c.number('brightness', 0, 1)
+    c.number('contrast', 0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Views:
+  """How SimCLR draws a view (hashable: a static argument of the jitted functions)."""
+  min_scale: float = 0.3
+  brightness: float = 0.0
+  contrast: float = 0.0
+
+  @classmethod
+  def of(cls, objective) -> 'Views':
+    return cls(objective.crop_min_scale, objective.brightness, objective.contrast)
 
 
 def _normalized(x):
@@ -155,21 +174,35 @@ def crop_and_resize(images, top, left, height, width):
   return jax.vmap(one)(images.astype(jnp.float32), scale, translation)
 
 
-def augment(images, rng, *, min_scale: float):
-  """SimCLR's views of grey images: a random resized crop, then a horizontal flip half the
-  time."""
-  crop_rng, flip_rng = jax.random.split(rng)
-  x = random_resized_crop(images, crop_rng, min_scale=min_scale)
+def jitter(images, rng, *, brightness: float, contrast: float):
+  """NHWC images in [-1, 1], each with its intensities (as [0, 1]) scaled by a factor drawn in
+  [1 - brightness, 1 + brightness], then its contrast about its mean by one in [1 - contrast,
+  1 + contrast], clipped back to the range."""
+  n = images.shape[0]
+  b_rng, c_rng = jax.random.split(rng)
+  factor = lambda r, s: jax.random.uniform(r, (n, 1, 1, 1), minval=1 - s, maxval=1 + s)  # noqa: E731
+  x = (images + 1) / 2 * factor(b_rng, brightness)
+  mean = x.mean(axis=(1, 2, 3), keepdims=True)
+  x = (x - mean) * factor(c_rng, contrast) + mean
+  return jnp.clip(x, 0.0, 1.0) * 2 - 1
+
+
+def augment(images, rng, views: Views):
+  """SimCLR's views of grey images: a random resized crop, a horizontal flip half the time,
+  then the intensity jitter (none at strengths 0)."""
+  crop_rng, flip_rng, jitter_rng = jax.random.split(rng, 3)
+  x = random_resized_crop(images, crop_rng, min_scale=views.min_scale)
   flip = jax.random.bernoulli(flip_rng, 0.5, (x.shape[0], 1, 1, 1))
-  return jnp.where(flip, x[:, :, ::-1], x)
+  x = jnp.where(flip, x[:, :, ::-1], x)
+  if views.brightness or views.contrast:
+    x = jitter(x, jitter_rng, brightness=views.brightness, contrast=views.contrast)
+  return x
 
 
-def simclr_terms(params, images, row_mask, rng, *, model, temperature: float,
-                 crop_min_scale: float):
+def simclr_terms(params, images, row_mask, rng, *, model, temperature: float, views: Views):
   """Per-view NT-Xent terms of two augmented views of each image (NHWC in [-1, 1])."""
   rng_1, rng_2 = jax.random.split(rng)
-  views = jnp.concatenate([augment(images, rng_1, min_scale=crop_min_scale),
-                           augment(images, rng_2, min_scale=crop_min_scale)])
+  views = jnp.concatenate([augment(images, rng_1, views), augment(images, rng_2, views)])
   z = model.apply({'params': params}, views)['projection']
   n = images.shape[0]
   return nt_xent(z[:n], z[n:], temperature, row_mask)
@@ -180,6 +213,5 @@ def simclr_loss(params, batch, rng, *, model, config):
   images = batch['image']
   rows = jnp.ones(images.shape[0], jnp.float32)
   loss, correct = simclr_terms(params, images, rows, rng, model=model,
-                               temperature=config.temperature,
-                               crop_min_scale=config.crop_min_scale)
+                               temperature=config.temperature, views=Views.of(config))
   return _means(loss, correct, jnp.concatenate([rows, rows]))

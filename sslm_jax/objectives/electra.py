@@ -37,10 +37,14 @@ from sslm_jax.objectives.lm import Vocab, row_mask, token_nll
 class ReplacedTokenConfig(Section):
   mask_rate: float = 0.15              # real tokens of a row the generator fills
   discriminator_weight: float = 50.0   # the loss: generator MLM + this * replaced-token BCE
+  # The generator's logits are divided by this before sampling: above 1 its samples are flatter
+  # than its predictions (rarer words), an easier task for a discriminator early on.
+  sampling_temperature: float = 1.0
 
   def check(self, c: Checker) -> None:
     c.number('mask_rate', 0, 1, high_open=True)
     c.number('discriminator_weight', 0)
+    c.number('sampling_temperature', 0, low_open=True)
 
 
 def max_predictions(length: int, mask_rate: float) -> int:
@@ -68,9 +72,10 @@ def write_at(tokens, positions, valid, values):
   return tokens.at[rows, positions].set(jnp.where(valid, values.astype(tokens.dtype), current))
 
 
-def sample_replacements(generator_logits, rng, vocab: Vocab):
-  """(batch, k) tokens drawn from the generator's softmax over normal tokens; no gradient."""
-  logits = jax.lax.stop_gradient(generator_logits)
+def sample_replacements(generator_logits, rng, vocab: Vocab, temperature: float = 1.0):
+  """(batch, k) tokens drawn from the generator's softmax (logits / temperature) over normal
+  tokens; no gradient."""
+  logits = jax.lax.stop_gradient(generator_logits) / temperature
   logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab.first_normal_id, -jnp.inf, logits)
   return jax.random.categorical(rng, logits, axis=-1)
 
@@ -91,7 +96,8 @@ def electra_terms(params, batch, rng, *, model, config, vocab: Vocab, train: boo
   generator_nll, generator_correct = token_nll(generator_logits, originals)
 
   corrupted = write_at(tokens, positions, valid,
-                       sample_replacements(generator_logits, sample_rng, vocab))
+                       sample_replacements(generator_logits, sample_rng, vocab,
+                                           config.sampling_temperature))
   replaced = corrupted != tokens
   logits = model.apply({'params': params}, corrupted, padding_mask=real, deterministic=not train,
                        rngs={'dropout': discriminator_rng} if train else None,

@@ -150,14 +150,22 @@ def _eval_batch(params, batch, *, model, input_size):
                                             model=model)
 
 
+@functools.partial(jax.jit, static_argnames=('model', 'input_size'))
+def _features_batch(params, batch, *, model, input_size):
+  inputs, mask = classification.model_inputs(_device_transform(batch, input_size))
+  return model.apply({'params': params}, inputs, mask, method='features')
+
+
 class ClassificationTask:
   SECTIONS = {'classifier': (ClassifierConfig,), 'data': (data_config.LabelledData,),
               'optimizer': (EncoderRate,)}
 
-  def __init__(self, config, context: Context):
+  def __init__(self, config, context: Context, cache: dict | None = None):
+    """`cache`: splits as read from disk (`load_labelled`), shared with other tasks."""
     self.config, self.context = config, context
     self.input_size = config.model.get('input_size')  # images are resized to it (None: text)
-    self._cache, self._splits, self._rows, self._confusions = {}, {}, {}, {}
+    self._cache = {} if cache is None else cache
+    self._splits, self._rows, self._confusions = {}, {}, {}
     self.truncated_fraction = {}
     d = config.data
     self.label_names = label_data.class_names(d.name, d.label_key, data_dir=d.data_dir,
@@ -252,6 +260,13 @@ class ClassificationTask:
         lambda b: _eval_batch(params, b, model=self.model, input_size=self.input_size), rows,
         self.config.train.eval_batch_size)
     return rows['label'], predictions, nll
+
+  def features(self, params, split: str) -> np.ndarray:
+    """(examples, features) float32: what the head reads for every example of the split, in
+    order (the encoder frozen, no dropout)."""
+    return over_rows(lambda b: _features_batch(params, b, model=self.model,
+                                               input_size=self.input_size),
+                     self.rows(split), self.config.train.eval_batch_size)
 
   def evaluate(self, params, split: str) -> dict[str, float]:
     """Exact metrics over the whole split (macro means over the classes present)."""

@@ -18,17 +18,15 @@ from sslm_jax.tasks.base import eval_key
 from sslm_jax.tasks.images import ImageInputs
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'input_size', 'temperature',
-                                             'crop_min_scale'))
-def _eval_sums(params, batch, rng, *, model, input_size, temperature, crop_min_scale):
+@functools.partial(jax.jit, static_argnames=('model', 'input_size', 'temperature', 'views'))
+def _eval_sums(params, batch, rng, *, model, input_size, temperature, views):
   images = image_data.to_model_input(batch['image'], input_size)
   loss, correct = contrastive.simclr_terms(params, images, batch['mask'], rng, model=model,
-                                           temperature=temperature,
-                                           crop_min_scale=crop_min_scale)
+                                           temperature=temperature, views=views)
   return {'loss_sum': loss.sum(), 'correct_sum': correct.sum(), 'views': 2 * batch['mask'].sum()}
 
 
-_augment = jax.jit(contrastive.augment, static_argnames='min_scale')
+_augment = jax.jit(contrastive.augment, static_argnames='views')
 
 
 class ContrastiveImageTask(ImageInputs):
@@ -40,7 +38,7 @@ class ContrastiveImageTask(ImageInputs):
                                                       c.train.eval_batch_size)):
       sums = _eval_sums(params, batch, jax.random.fold_in(rng, i), model=self.model,
                         input_size=c.model.input_size, temperature=o.temperature,
-                        crop_min_scale=o.crop_min_scale)
+                        views=contrastive.Views.of(o))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     return contrastive.eval_means(jax.device_get(totals), 'views')
 
@@ -52,5 +50,6 @@ class ContrastiveImageTask(ImageInputs):
     images = eval_split.read(range(min(c.train.num_pictures, len(eval_split))))['image']
     x = image_data.to_model_input(jnp.asarray(images), c.model.input_size)
     rng_1, rng_2 = jax.random.split(jax.random.PRNGKey(c.seed))
-    views = [_augment(x, r, min_scale=c.objective.crop_min_scale) for r in (rng_1, rng_2)]
+    how = contrastive.Views.of(c.objective)
+    views = [_augment(x, r, how) for r in (rng_1, rng_2)]
     pictures.save_reconstructions(os.path.join(workdir, 'views.png'), *views)
