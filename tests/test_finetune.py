@@ -364,7 +364,7 @@ def test_pipeline_derives_its_runs_from_the_pretraining_config():
 
 
 def test_compare_puts_several_pipelines_in_one_table(text_run, image_run, capsys, tmp_path):
-  (_, text_dir, text_report), (_, image_dir, image_report) = text_run, image_run
+  (_, text_dir, text_report), (_, image_dir, _) = text_run, image_run
   assert cli.main(['compare', str(text_dir), str(image_dir), str(text_dir)]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   assert lines[0].startswith('| pipeline | entry | pretraining |')
