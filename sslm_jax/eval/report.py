@@ -39,7 +39,7 @@ class RunNames:
 
 def _entries(names: RunNames, results: dict, pretraining: str) -> dict:
   """report.json's entries: pretrained (the first regime), pretrained_<other regime>, scratch,
-  probe_pretrained, probe_random, baseline, majority; each with the test metrics and how it was obtained (`pretraining`: the
+  then METHOD_ENTRIES; each with the test metrics and how it was obtained (`pretraining`: the
   pretraining run's model / objective)."""
   entries = {}
   for i, (regime, run) in enumerate(names.finetune.items()):

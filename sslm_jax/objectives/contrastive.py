@@ -180,7 +180,8 @@ def jitter(images, rng, *, brightness: float, contrast: float):
   1 + contrast], clipped back to the range."""
   n = images.shape[0]
   b_rng, c_rng = jax.random.split(rng)
-  factor = lambda r, s: jax.random.uniform(r, (n, 1, 1, 1), minval=1 - s, maxval=1 + s)  # noqa: E731
+  def factor(key, strength):
+    return jax.random.uniform(key, (n, 1, 1, 1), minval=1 - strength, maxval=1 + strength)
   x = (images + 1) / 2 * factor(b_rng, brightness)
   mean = x.mean(axis=(1, 2, 3), keepdims=True)
   x = (x - mean) * factor(c_rng, contrast) + mean
