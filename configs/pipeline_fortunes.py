@@ -11,6 +11,8 @@ Split: the text_files builder's fixed hash split (SHA-256 of each cookie: 80/10/
      frozen, 1e-2); 3 epochs each, one cookie a row cut to 64 tokens (77% fit).
   3. the same classifier from random weights with the same budget, and TF-IDF + LinearSVC
      (C chosen on validation, balanced class weights) on the same splits.
+  4. logistic regression on the frozen mean-pooled states of the pretrained encoder and of the
+     same encoder at random initialization (standardized; C chosen on validation).
 
 Sized for 2 CPU cores in under an hour.
 
@@ -50,4 +52,5 @@ def get_config():
 
   config.baseline.c_values = (0.1, 0.3, 1.0, 3.0)
   config.baseline.ngram_max = 2
+  config.baseline.probe_features = True  # logistic regression on frozen pooled states too
   return config

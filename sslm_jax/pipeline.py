@@ -143,7 +143,9 @@ def _scores(labels, predictions, num_classes: int) -> dict:
 def run_baseline(config, run_config, out_dir: str, cache: dict) -> dict:
   """The classical baseline on the classifier's splits; reused when its settings are unchanged."""
   d = run_config.data
-  settings = {'baseline': config.baseline.to_dict(), 'data': d.to_dict(),
+  # What the baseline's result depends on (whether probes run beside it does not change it).
+  baseline = {k: v for k, v in config.baseline.to_dict().items() if k != 'probe_features'}
+  settings = {'baseline': baseline, 'data': d.to_dict(),
               'text': run_config.text.to_dict() if 'text' in run_config else {},
               'class_weights': run_config.objective.class_weights}
   settings = json.loads(json.dumps(settings))  # tuples as lists, as they come back from disk

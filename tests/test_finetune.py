@@ -111,6 +111,7 @@ def text_run(topics, tmp_path_factory):
   data_dir, manual_dir = topics
   config = tiny_pipeline({**TINY_GPT, 'data.data_dir': data_dir, 'data.manual_dir': manual_dir},
                          regimes=('full',), **{'text.seq_len': 32})
+  config.baseline.probe_features = True
   workdir = tmp_path_factory.mktemp('text_pipeline')
   return config, workdir, pipeline.run_pipeline(config, str(workdir))
 
@@ -119,7 +120,8 @@ def text_run(topics, tmp_path_factory):
 def test_text_pipeline_writes_the_report(text_run):
   config, workdir, report = text_run
   entries = report['tasks']['classification']
-  assert set(entries) == {'pretrained', 'scratch', 'baseline', 'majority'}
+  assert set(entries) == {'pretrained', 'scratch', 'baseline', 'majority', 'probe_pretrained',
+                          'probe_random'}
   for entry in entries.values():
     for key in ('accuracy', 'macro_precision', 'macro_recall', 'macro_f1'):
       assert 0 <= entry[key] <= 1, (key, entry)
@@ -371,11 +373,12 @@ def test_compare_puts_several_pipelines_in_one_table(text_run, image_run, capsys
   rows = [line.split(' | ') for line in lines[2:]]
   # Each pipeline's pretrained and scratch rows (the repeated folder's too); a baseline or
   # majority row once per dataset and method.
-  assert [r[1] for r in rows] == ['pretrained', 'scratch', 'baseline', 'majority',
-                                  'pretrained', 'scratch', 'probe_pretrained', 'probe_random',
-                                  'baseline', 'majority', 'pretrained', 'scratch']
+  probes = ['probe_pretrained', 'probe_random']
+  assert [r[1] for r in rows] == ['pretrained', 'scratch', *probes, 'baseline', 'majority',
+                                  'pretrained', 'scratch', *probes, 'baseline', 'majority',
+                                  'pretrained', 'scratch']
   pretrained = text_report['tasks']['classification']['pretrained']
-  assert rows[0][2] == 'gpt / causal_lm (full)' and rows[4][2] == 'vae / seed (linear_probe)'
+  assert rows[0][2] == 'gpt / causal_lm (full)' and rows[6][2] == 'vae / seed (linear_probe)'
   assert rows[0][6] == f'{pretrained["macro_f1"]:.3f}'
   assert rows[1][2] == 'none' and rows[1][3] == ''
   # Pretraining steps and seconds on the pretrained rows: the pretraining run's.
