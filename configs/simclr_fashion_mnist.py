@@ -19,7 +19,7 @@ def get_config():
   config.model.projection_dim = 64
   config.objective.temperature = 0.5
   config.objective.crop_min_scale = 0.3
-  # Linear probe on h (test macro-F1, logistic regression): 0.823 without, 0.854 with (README).
+  # The pipeline's logistic regression on h (test macro-F1): 0.799 without, 0.853 with (README).
   config.objective.brightness = 0.4
   config.objective.contrast = 0.4
   config.train.batch_size = 256

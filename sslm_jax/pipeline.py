@@ -15,8 +15,8 @@ runs, in order:
 
 Training runs go through `loop.train_and_evaluate`, which resumes from their checkpoints and
 returns at once when a run is complete; the baseline keeps its result in
-`baseline/result.json`. Rerunning the same command therefore continues where it stopped.
-Every config (the pipeline's and each run it derives, and each run folder's saved settings) is
+`baseline/result.json`, the feature probes theirs in `feature_probes/result.json`. Rerunning the
+same command therefore continues where it stopped. Every config (the pipeline's and each run it derives, and each run folder's saved settings) is
 checked before any work starts. The test split is never used to choose anything.
 
 `timings.json` adds up the wall time of each step over every invocation.
@@ -143,19 +143,10 @@ def _scores(labels, predictions, num_classes: int) -> dict:
 def run_baseline(config, run_config, out_dir: str, cache: dict) -> dict:
   """The classical baseline on the classifier's splits; reused when its settings are unchanged."""
   d = run_config.data
-  # What the baseline's result depends on (whether probes run beside it does not change it).
-  baseline = {k: v for k, v in config.baseline.to_dict().items() if k != 'probe_features'}
-  settings = {'baseline': baseline, 'data': d.to_dict(),
-              'text': run_config.text.to_dict() if 'text' in run_config else {},
-              'class_weights': run_config.objective.class_weights}
-  settings = json.loads(json.dumps(settings))  # tuples as lists, as they come back from disk
-  path = os.path.join(out_dir, 'result.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      result = json.load(f)
-    if _same_settings(result.get('settings'), settings):
-      log.info('baseline: %s is up to date', path)
-      return result
+  settings = _baseline_settings(config, run_config)
+  result = _saved_result(os.path.join(out_dir, 'result.json'), settings)
+  if result is not None:
+    return result
   splits = [cls_task.load_labelled(run_config, s, cache)
             for s in (d.train_split, d.eval_split, d.test_split)]
   num_classes = len(label_data.class_names(d.name, d.label_key, data_dir=d.data_dir))
@@ -163,25 +154,63 @@ def run_baseline(config, run_config, out_dir: str, cache: dict) -> dict:
   fitted = baselines.fit_and_predict(
       cls_task.is_text(run_config), *[(s.inputs, s.labels) for s in splits],
       num_classes=num_classes, c_values=b.c_values, max_iter=b.max_iter, ngram_max=b.ngram_max,
-      class_weight='balanced' if run_config.objective.class_weights == 'balanced' else None,
-      seed=run_config.seed)
+      class_weight=_class_weight(run_config), seed=run_config.seed)
   result = {'settings': settings, **_fitted_result(fitted, splits[1].labels, splits[2].labels,
                                                   num_classes, d.test_split)}
   os.makedirs(out_dir, exist_ok=True)
-  writers.write_json(path, result)
+  writers.write_json(os.path.join(out_dir, 'result.json'), result)
   return result
+
+
+def _class_weight(run_config) -> str | None:
+  """scikit-learn's class_weight for the fine-tuning objective's class weights."""
+  return 'balanced' if run_config.objective.class_weights == 'balanced' else None
+
+
+def _baseline_settings(config, run_config) -> dict:
+  """What a fit on the classifier's splits depends on, as it comes back from disk."""
+  d = run_config.data
+  # Whether probes run beside the baseline changes neither's result.
+  baseline = {k: v for k, v in config.baseline.to_dict().items() if k != 'probe_features'}
+  settings = {'baseline': baseline, 'data': d.to_dict(),
+              'text': run_config.text.to_dict() if 'text' in run_config else {},
+              'class_weights': run_config.objective.class_weights}
+  return json.loads(json.dumps(settings))  # tuples as lists
+
+
+def _saved_result(path: str, settings: dict) -> dict | None:
+  """The result saved at `path` when it was made with `settings`, else None."""
+  if os.path.exists(path):
+    with open(path) as f:
+      result = json.load(f)
+    if _same_settings(result.get('settings'), settings):
+      log.info('%s is up to date', path)
+      return result
+  return None
 
 
 PROBES = {'probe_pretrained': 'the pretrained encoder', 'probe_random': 'the same encoder at '
           'random initialization'}
 
 
-def run_feature_probes(config, run_config, pretrain_dir: str, cache: dict) -> dict:
+def run_feature_probes(config, run_config, pretrain_dir: str, out_dir: str, cache: dict) -> dict:
   """Logistic regression (the baseline's C values) on the frozen features the classifier's head
   reads (`run_config`: a fine-tuning run's, with the pipeline's test split): of the encoder
-  pretrained in `pretrain_dir`, and of the same encoder as the scratch run starts it."""
+  pretrained in `pretrain_dir` (its newest checkpoint), and of the same encoder as the scratch
+  run starts it. Kept in <out_dir>/result.json and reused while the settings and that checkpoint
+  are the same."""
   d, b = run_config.data, config.baseline
-  class_weight = 'balanced' if run_config.objective.class_weights == 'balanced' else None
+  checkpointer = ckpt_lib.Checkpointer(pretrain_dir, read_only=True)
+  try:
+    pretrained_step = checkpointer.steps()[-1]
+  finally:
+    checkpointer.close()
+  settings = {**_baseline_settings(config, run_config), 'pretrained_step': pretrained_step,
+              'model': json.loads(json.dumps(run_config.model.to_dict()))}
+  path = os.path.join(out_dir, 'result.json')
+  saved = _saved_result(path, settings)
+  if saved is not None:
+    return saved['probes']
   results = {}
   for name, init_from in (('probe_pretrained', pretrain_dir), ('probe_random', '')):
     probe_config = copy.deepcopy(run_config)
@@ -193,10 +222,12 @@ def run_feature_probes(config, run_config, pretrain_dir: str, cache: dict) -> di
               for s in (d.train_split, d.eval_split, d.test_split)]
     fitted = baselines.fit_on_features(
         *splits, method=f'logistic regression on the frozen features of {PROBES[name]}',
-        num_classes=task.num_classes, c_values=b.c_values, class_weight=class_weight,
-        max_iter=b.max_iter)
+        num_classes=task.num_classes, c_values=b.c_values,
+        class_weight=_class_weight(run_config), max_iter=b.max_iter)
     results[name] = _fitted_result(fitted, splits[1][1], splits[2][1], task.num_classes,
                                    d.test_split)
+  os.makedirs(out_dir, exist_ok=True)
+  writers.write_json(path, {'settings': settings, 'probes': results})
   return results
 
 
@@ -220,7 +251,9 @@ def _same_settings(saved, settings: dict) -> bool:
   ours = config_lib.flatten({k: v for k, v in settings.items() if k != 'baseline'})
   theirs = config_lib.flatten({k: v for k, v in saved.items() if k != 'baseline'})
   extra = {k: v for k, v in theirs.items() if k not in ours}
-  return (saved.get('baseline') == settings['baseline'] and
+  # Results saved while the baseline's settings held probe_features: it changes nothing.
+  baseline = {k: v for k, v in (saved.get('baseline') or {}).items() if k != 'probe_features'}
+  return (baseline == settings['baseline'] and
           all(theirs.get(k) == v for k, v in ours.items()) and
           all(runs_lib.legacy_default(k, v) for k, v in extra.items()))
 
@@ -275,7 +308,8 @@ def run_pipeline(config, workdir: str, *, command: str = '') -> dict:
   if config.baseline.probe_features:
     with timings.step('feature probes'):
       results.update(run_feature_probes(
-          config, labelled, os.path.join(workdir, pipeline_lib.PRETRAIN_RUN), cache))
+          config, labelled, os.path.join(workdir, pipeline_lib.PRETRAIN_RUN),
+          os.path.join(workdir, 'feature_probes'), cache))
   with timings.step('report'):
     names = report_lib.RunNames(
         pipeline_lib.PRETRAIN_RUN, {r: pipeline_lib.finetune_run_name(r)

@@ -101,6 +101,7 @@ def image_run(idx_dataset, tmp_path_factory):
                          regimes=('linear_probe',),
                          **{'data.validation_fraction': 0.2, 'train.batch_size': 16})
   config.baseline.probe_features = True
+  config.baseline.c_values = (0.01, 1.0)  # two: the probes choose one on validation
   workdir = tmp_path_factory.mktemp('image_pipeline')
   return config, workdir, pipeline.run_pipeline(config, str(workdir))
 
@@ -176,8 +177,11 @@ def test_linear_probe_leaves_the_encoder_unchanged(image_run, text_run):
 @pytest.mark.slow
 def test_rerun_resumes_and_retrains_nothing(text_run):
   config, workdir, report = text_run
+  kept = [workdir / 'baseline' / 'result.json', workdir / 'feature_probes' / 'result.json']
+  written = [path.stat().st_mtime_ns for path in kept]
   again = pipeline.run_pipeline(config, str(workdir))
   assert again['tasks'] == report['tasks']
+  assert [path.stat().st_mtime_ns for path in kept] == written  # reused, not fitted again
   for name in ('finetune_pretrained', 'finetune_scratch'):
     summary = json.loads((workdir / name / 'summary.json').read_text())
     assert summary['resumed_from_step'] == 0  # written by the one run that trained
@@ -196,9 +200,9 @@ def test_image_pipeline_on_idx_images_without_a_validation_split(image_run):
   assert entries['baseline']['macro_f1'] > 0.5  # class-dependent blobs
   assert entries['probe_random']['method'].endswith('the same encoder at random initialization')
   for key in ('probe_pretrained', 'probe_random'):
-    assert entries[key]['c'] == 1.0 and 0 <= entries[key]['validation_macro_f1'] <= 1
-    assert "logistic regression) on the pretrained encoder's frozen features" in \
-        (workdir / 'report.md').read_text()
+    assert entries[key]['c'] in (0.01, 1.0) and 0 <= entries[key]['validation_macro_f1'] <= 1
+  assert "logistic regression) on the pretrained encoder's frozen features" in \
+      (workdir / 'report.md').read_text()
   stats = json.loads((workdir / 'data_stats.json').read_text())
   train, validation = stats['splits']['train'], stats['splits']['validation']
   assert stats['validation_carved'] and train['examples'] + validation['examples'] == 256
@@ -227,11 +231,12 @@ def test_feature_probes_fit_what_the_head_reads_of_each_encoder(image_run):
   logits = task.model.apply({'params': params}, images)
   np.testing.assert_allclose(logits, features @ head['kernel'] + head['bias'], rtol=1e-5,
                              atol=1e-5)
-  # Refitting on the pretrained and on the random encoder's features gives the report's scores
-  # (L-BFGS is deterministic), and the two encoders' features differ.
-  random_task = runs_lib.setup(pipeline_lib.pipeline_runs(config, str(workdir))
-                               ['finetune_scratch'], str(workdir / 'unused')).task
-  random = runs_lib.initial_params(random_task, probe)
+  # Refitting on the features of the pretrained encoder and of the one the scratch run starts
+  # from gives the report's scores (L-BFGS is deterministic; C chosen on validation again),
+  # and the two encoders' features differ.
+  scratch = runs_lib.setup(pipeline_lib.pipeline_runs(config, str(workdir))['finetune_scratch'],
+                           str(workdir / 'unused'))
+  random = scratch.init_state.params
   for key, p in (('probe_pretrained', params), ('probe_random', random)):
     fitted = baselines.fit_on_features(
         *[(task.features(p, s), task.rows(s)['label']) for s in ('train', 'validation', 'test')],
@@ -373,10 +378,13 @@ def test_compare_puts_several_pipelines_in_one_table(text_run, image_run, capsys
   rows = [line.split(' | ') for line in lines[2:]]
   # Each pipeline's pretrained and scratch rows (the repeated folder's too); a baseline or
   # majority row once per dataset and method.
+  # Feature probes are the pipeline's own, so never left out.
   probes = ['probe_pretrained', 'probe_random']
   assert [r[1] for r in rows] == ['pretrained', 'scratch', *probes, 'baseline', 'majority',
                                   'pretrained', 'scratch', *probes, 'baseline', 'majority',
-                                  'pretrained', 'scratch']
+                                  'pretrained', 'scratch', *probes]
+  assert rows[2][2].endswith('pretrained encoder (gpt / causal_lm)') and rows[2][3] != ''
+  assert rows[3][3] == ''
   pretrained = text_report['tasks']['classification']['pretrained']
   assert rows[0][2] == 'gpt / causal_lm (full)' and rows[6][2] == 'vae / seed (linear_probe)'
   assert rows[0][6] == f'{pretrained["macro_f1"]:.3f}'

@@ -155,7 +155,7 @@ def test_sampling_temperature_flattens_the_generators_distribution():
     assert drawn.min() >= VOCAB.first_normal_id
     counts = np.bincount(drawn - VOCAB.first_normal_id, minlength=3)
     expected = p ** (1 / temperature) / (p ** (1 / temperature)).sum()
-    # Binomial counts: 5 standard deviations (at most 0.016 of 20,000 draws) is never exceeded
+    # Binomial counts: 5 standard deviations (at most 0.018 of 20,000 draws) is never exceeded
     # by chance, while 0.7 against 0.45 at T = 3 is 0.25.
     np.testing.assert_allclose(counts / n, expected, atol=5 * np.sqrt(0.25 / n))
 
@@ -177,7 +177,8 @@ def test_intensity_jitter_scales_brightness_and_contrast_within_the_strengths():
   x = (np.asarray(images) + 1) / 2
   contrasted = (np.asarray(contrastive.jitter(images, jax.random.PRNGKey(2), brightness=0.0,
                                               contrast=0.4)) + 1) / 2
-  # The mean stays, the spread about it scales by one factor an image in [0.6, 1.4].
+  # The mean stays, the spread about it scales by one factor an image in [0.6, 1.4]; 1e-5:
+  # float32 rounding of a mean and a deviation over 36 pixels (about 1e-7), with room.
   np.testing.assert_allclose(contrasted.mean(axis=(1, 2, 3)), x.mean(axis=(1, 2, 3)), atol=1e-5)
   spread = contrasted.std(axis=(1, 2, 3)) / x.std(axis=(1, 2, 3))
   assert 0.6 - 1e-5 <= spread.min() and spread.max() <= 1.4 + 1e-5 and np.ptp(spread) > 0.4

@@ -48,6 +48,10 @@ class BaselineConfig(Section):
       c.check(_installed('sklearn'), 'name',
               "'auto' only with scikit-learn, which is not installed: it needs scikit-learn: "
               "pip install 'sslm-jax[baselines]', or set baseline.name='none'")
+    if self.probe_features is True:
+      c.check(_installed('sklearn'), 'probe_features',
+              "True only with scikit-learn, which is not installed: pip install "
+              "'sslm-jax[baselines]', or set baseline.probe_features=False")
     c.check(isinstance(self.c_values, (tuple, list)) and len(self.c_values) > 0 and
             all(isinstance(v, float) and v > 0 for v in self.c_values), 'c_values',
             'a non-empty tuple of floats > 0')
@@ -123,14 +127,13 @@ def fit_on_features(train, validation, test, *, method: str, num_classes: int,
   """A linear probe by the image baseline's classifier: `train`, `validation`, `test` are
   (features (N, F), labels) of a frozen encoder; each feature is standardized by its mean and
   deviation on `train` (encoders' features differ in scale by orders of magnitude, pixels do
-  not), then multinomial logistic regression, C chosen on validation. Returns as
-  `fit_and_predict`."""
+  not), then multinomial logistic regression (at most `max_iter` L-BFGS iterations), C chosen
+  on validation. Returns as `fit_and_predict`."""
   _require_sklearn()
-  from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
   from sklearn.pipeline import make_pipeline  # noqa: PLC0415
   from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
   started = time.time()
-  make = lambda c: make_pipeline(StandardScaler(), LogisticRegression(  # noqa: E731
-      C=c, class_weight=class_weight, max_iter=max_iter))
+  make = lambda c: make_pipeline(StandardScaler(),  # noqa: E731
+                                 _model(False, c, class_weight, max_iter, seed=0))
   return _select(make, train[0], train[1], validation[0], validation[1], test[0],
                  c_values=c_values, num_classes=num_classes, method=method, started=started)

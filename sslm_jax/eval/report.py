@@ -18,8 +18,10 @@ from sslm_jax.train.writers import write_atomic
 _PRETRAIN_METRICS = ('loss', 'perplexity', 'accuracy', 'bits_per_char', 'objective', 'mse', 'kl',
                      'elbo_nats', 'generator_perplexity', 'generator_accuracy',
                      'discriminator_accuracy', 'replaced_recall')
-# Entries fitted by scikit-learn (they name a `method`), in the order tables show them.
+# Entries that are not fine-tuning runs (they name a `method`), in the order tables show them;
+# the last two are the dataset's, whatever the pretraining.
 METHOD_ENTRIES = ('probe_pretrained', 'probe_random', 'baseline', 'majority')
+DATASET_ENTRIES = ('baseline', 'majority')
 REPORTED = ('accuracy', 'macro_precision', 'macro_recall', 'macro_f1', 'micro_f1',
             'weighted_f1')
 
@@ -59,6 +61,8 @@ def _entries(names: RunNames, results: dict, pretraining: str) -> dict:
       out[key] = {**{k: r['test'][k] for k in REPORTED}, 'method': r['method']}
       if key != 'majority':
         out[key].update(c=r['c'], validation_macro_f1=r['validation']['macro_f1'])
+      if key == 'probe_pretrained':
+        out[key]['pretraining'] = pretraining
   return out
 
 
@@ -301,6 +305,12 @@ def compare(workdirs: list[str]) -> str:
                          METHOD_ENTRIES.index(k) if k in METHOD_ENTRIES else -1, k)
       for key in sorted(entries, key=order):
         e = entries[key]
+        if key in METHOD_ENTRIES and key not in DATASET_ENTRIES:  # a feature probe
+          how = f'{e["method"]}' + (f' ({e["pretraining"]})' if 'pretraining' in e else '')
+          rows.append([os.path.basename(os.path.normpath(workdir)), key, how,
+                       pre.get('steps') if key == 'probe_pretrained' else '', '',
+                       e['accuracy'], e['macro_f1'], e.get('validation_macro_f1')])
+          continue
         if 'method' in e:
           same = (report['dataset'], e['method'], e['macro_f1'])
           if same in seen:

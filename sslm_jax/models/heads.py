@@ -89,7 +89,8 @@ class ImageClassifier(_Classifier):
 
   def features(self, images: jax.Array, mask: jax.Array | None = None, *,
                deterministic: bool = True) -> jax.Array:
-    """(batch, features): the encoder's mean code, which the head reads."""
+    """(batch, features): what the head reads, the encoder's `encode(images)[0]` (a VAE's
+    posterior mean, an autoencoder's code, SimCLR's h)."""
     del mask, deterministic
     return self.encoder.encode(images)[0]
 

@@ -203,8 +203,8 @@ def augment(images, rng, views: Views):
 def simclr_terms(params, images, row_mask, rng, *, model, temperature: float, views: Views):
   """Per-view NT-Xent terms of two augmented views of each image (NHWC in [-1, 1])."""
   rng_1, rng_2 = jax.random.split(rng)
-  views = jnp.concatenate([augment(images, rng_1, views), augment(images, rng_2, views)])
-  z = model.apply({'params': params}, views)['projection']
+  pairs = jnp.concatenate([augment(images, rng_1, views), augment(images, rng_2, views)])
+  z = model.apply({'params': params}, pairs)['projection']
   n = images.shape[0]
   return nt_xent(z[:n], z[n:], temperature, row_mask)
 
