@@ -16,8 +16,9 @@ runs, in order:
 Training runs go through `loop.train_and_evaluate`, which resumes from their checkpoints and
 returns at once when a run is complete; the baseline keeps its result in
 `baseline/result.json`, the feature probes theirs in `feature_probes/result.json`. Rerunning the
-same command therefore continues where it stopped. Every config (the pipeline's and each run it derives, and each run folder's saved settings) is
-checked before any work starts. The test split is never used to choose anything.
+same command therefore continues where it stopped. Every config (the pipeline's and each run
+it derives, and each run folder's saved settings) is checked before any work starts. The test
+split is never used to choose anything.
 
 `timings.json` adds up the wall time of each step over every invocation.
 """
