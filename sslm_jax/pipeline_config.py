@@ -29,7 +29,7 @@ FINETUNE_OVERRIDES = {
              'split_seed'),
     'text': ('seq_len',),
     'objective': ('class_weights', 'label_smoothing'),
-    'classifier': ('pooling', 'dropout_rate'),
+    'classifier': ('pooling', 'dropout_rate', 'reinit_top_layers'),
 }
 _RUN_SECTIONS = ('finetune.optimizer.', 'finetune.train.')  # checked through the derived runs
 PRETRAIN_RUN = 'pretrain'

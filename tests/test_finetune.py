@@ -27,6 +27,7 @@ from sslm_jax.eval.metrics import classification_metrics
 from sslm_jax.models import heads
 from sslm_jax.objectives import classification
 from sslm_jax.tasks import Context
+from sslm_jax.tasks import classification as cls_task
 from sslm_jax.tasks.classification import ClassificationTask
 from sslm_jax.train import optim
 
@@ -160,6 +161,18 @@ def test_loading_the_pretraining_checkpoint_keeps_the_encoder_bit_identical(text
   for ours, theirs in zip(jax.tree.leaves(params['encoder']), jax.tree.leaves(pretrained)):
     assert ours.dtype == theirs.dtype
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+  # With classifier.reinit_top_layers=1 the (one) block and the final norm are the scratch run's
+  # initial values; the embeddings stay pretrained.
+  reinit = runs['finetune_pretrained'].copy_and_resolve_references()
+  reinit.classifier.reinit_top_layers = 1
+  mixed = runs_lib.setup(reinit, str(workdir / 'unused')).init_state.params['encoder']
+  start = runs_lib.setup(runs['finetune_scratch'], str(workdir / 'unused')).init_state.params
+  for name, expected in (('embed', pretrained), ('blocks_0', start['encoder']),
+                         ('final_norm', start['encoder'])):
+    for ours, theirs in zip(jax.tree.leaves(mixed[name]), jax.tree.leaves(expected[name])):
+      np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+  assert not np.array_equal(np.asarray(jax.tree.leaves(pretrained['blocks_0'])[0]),
+                            np.asarray(jax.tree.leaves(mixed['blocks_0'])[0]))
 
 
 @pytest.mark.slow
@@ -318,6 +331,33 @@ def test_class_weights_and_label_smoothing():
   expected = 0.7 * -np.log([0.7, 0.8]) + 0.3 * -np.log([[0.7, 0.2, 0.1],
                                                         [0.1, 0.8, 0.1]]).mean(axis=1)
   np.testing.assert_allclose(smooth, expected, rtol=1e-6)
+
+
+def test_reinit_top_layers_takes_the_top_blocks_and_final_norm_from_the_fresh_start():
+  def stack(value):
+    return {'embed': value, 'final_norm': value, 'head': value,
+            **{f'blocks_{i}': value + i for i in range(4)}}
+  pretrained, fresh = {'discriminator': stack(100), 'generator_blocks_0': 100}, \
+      {'discriminator': stack(0), 'generator_blocks_0': 0}
+  mixed = cls_task.reinit_top_blocks(pretrained, fresh, 2)
+  # The blocks sort by number, not by name (blocks_10 above blocks_9); a stack's other
+  # parameters, and whatever is not a stack of blocks, stay pretrained.
+  assert mixed == {'discriminator': {'embed': 100, 'final_norm': 0, 'head': 100, 'blocks_0': 100,
+                                     'blocks_1': 101, 'blocks_2': 2, 'blocks_3': 3},
+                   'generator_blocks_0': 100}
+  assert cls_task.reinit_top_blocks(pretrained, fresh, 0) is pretrained
+  deep = {f'blocks_{i}': i for i in range(11)}
+  assert [k for k, v in cls_task.reinit_top_blocks(deep, dict.fromkeys(deep, -1), 2).items()
+          if v == -1] == ['blocks_9', 'blocks_10']
+  config = tiny_pipeline(TINY_GPT, regimes=('full',))
+  config.finetune.classifier.reinit_top_layers = 2
+  with pytest.raises(ConfigError, match=r'reinit_top_layers=2 is invalid; allowed: at most '
+                                        r'model.num_layers=1'):
+    pipeline_lib.validate_pipeline(config)
+  image = tiny_pipeline(TINY_VAE, regimes=('full',))
+  image.finetune.classifier.reinit_top_layers = 1
+  with pytest.raises(ConfigError, match=r"allowed: 0 for model 'vae' \(it has no Transformer"):
+    pipeline_lib.validate_pipeline(image)
 
 
 def test_pooling_reads_only_real_tokens():

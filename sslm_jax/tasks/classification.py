@@ -51,6 +51,10 @@ class ClassifierConfig(Section):
   init_step: int = 0              # its checkpoint (0 = the newest)
   pooling: str = 'mean'           # text: 'mean', 'last', 'cls' (bert); images: the mean code
   dropout_rate: float = 0.0       # on the pooled features
+  # With init_from: the top N Transformer blocks, and the final norm after them, start from
+  # random weights instead of the pretrained ones (the layers most specific to the pretraining
+  # task; Zhang et al. 2021, "Revisiting few-sample BERT fine-tuning").
+  reinit_top_layers: int = 0
 
   def check(self, c: Checker) -> None:
     c.check(isinstance(self.init_from, str), 'init_from',
@@ -63,6 +67,11 @@ class ClassifierConfig(Section):
             (" ('cls' reads the first position, which a causal model sees alone)"
              if name == 'gpt' else ''))
     c.number('dropout_rate', 0, 1, high_open=True)
+    if c.integer('reinit_top_layers', minimum=0) and self.reinit_top_layers:
+      layers = c.get('model.num_layers')
+      c.check(isinstance(layers, int) and self.reinit_top_layers <= layers, 'reinit_top_layers',
+              f'0 for model {name!r} (it has no Transformer blocks)' if layers is None else
+              f'at most model.num_layers={layers}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +97,22 @@ class LabelledSplit:
     if isinstance(self.inputs, np.ndarray):
       return LabelledSplit(self.inputs[index], self.labels[index])
     return LabelledSplit([self.inputs[i] for i in index], self.labels[index])
+
+
+def reinit_top_blocks(pretrained: dict, fresh: dict, count: int) -> dict:
+  """`pretrained` with, in every stack of Transformer blocks (keys `blocks_0` .. `blocks_{n-1}`
+  of one dict), the top `count` blocks and the stack's `final_norm` taken from `fresh`."""
+  if count == 0 or not isinstance(pretrained, dict):
+    return pretrained
+  out = {k: reinit_top_blocks(v, fresh[k], count) for k, v in pretrained.items()}
+  blocks = sorted(int(k[len('blocks_'):]) for k in pretrained
+                  if k.startswith('blocks_') and k[len('blocks_'):].isdigit())
+  if blocks:
+    for i in blocks[-count:]:
+      out[f'blocks_{i}'] = fresh[f'blocks_{i}']
+    if 'final_norm' in pretrained:
+      out['final_norm'] = fresh['final_norm']
+  return out
 
 
 def is_text(config) -> bool:
@@ -231,8 +256,11 @@ class ClassificationTask:
       return jax.eval_shape(self.model.init, rng, *dummy)['params']
     # The initial values do not depend on freezing: one compilation serves every regime.
     params = init_params(self.model.clone(freeze_encoder=False), rng, *dummy)
-    if self.config.classifier.init_from:
-      params = {**params, 'encoder': self._pretrained_encoder(params['encoder'])}
+    c = self.config.classifier
+    if c.init_from:
+      pretrained = self._pretrained_encoder(params['encoder'])
+      params = {**params, 'encoder': reinit_top_blocks(pretrained, params['encoder'],
+                                                       c.reinit_top_layers)}
     return params
 
   def _pretrained_encoder(self, like):
