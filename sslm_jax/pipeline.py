@@ -171,9 +171,7 @@ def _class_weight(run_config) -> str | None:
 def _baseline_settings(config, run_config) -> dict:
   """What a fit on the classifier's splits depends on, as it comes back from disk."""
   d = run_config.data
-  # Whether probes run beside the baseline changes neither's result.
-  baseline = {k: v for k, v in config.baseline.to_dict().items() if k != 'probe_features'}
-  settings = {'baseline': baseline, 'data': d.to_dict(),
+  settings = {'baseline': config.baseline.to_dict(), 'data': d.to_dict(),
               'text': run_config.text.to_dict() if 'text' in run_config else {},
               'class_weights': run_config.objective.class_weights}
   return json.loads(json.dumps(settings))  # tuples as lists
@@ -252,9 +250,9 @@ def _same_settings(saved, settings: dict) -> bool:
   ours = config_lib.flatten({k: v for k, v in settings.items() if k != 'baseline'})
   theirs = config_lib.flatten({k: v for k, v in saved.items() if k != 'baseline'})
   extra = {k: v for k, v in theirs.items() if k not in ours}
-  # Results saved while the baseline's settings held probe_features: it changes nothing.
-  baseline = {k: v for k, v in (saved.get('baseline') or {}).items() if k != 'probe_features'}
-  return (baseline == settings['baseline'] and
+  def fitting(baseline):  # whether probes run beside the baseline changes neither's result
+    return {k: v for k, v in (baseline or {}).items() if k != 'probe_features'}
+  return (fitting(saved.get('baseline')) == fitting(settings['baseline']) and
           all(theirs.get(k) == v for k, v in ours.items()) and
           all(runs_lib.legacy_default(k, v) for k, v in extra.items()))
 
