@@ -16,6 +16,7 @@ APT_INSTALL = $(1) apt-get update -qq && $(1) env DEBIAN_FRONTEND=noninteractive
 TORCH_SPEC ?= torch==2.13.0
 # The suite mostly compiles small programs, and XLA compiles one on one core: two pytest workers
 # (whole files each, so a file's fixtures are built once) keep two cores busy. 0 runs it serially.
+# The log opens with the CPU and closes with the ten slowest tests: where the time went, and on what.
 TEST_WORKERS ?= 2
 
 ONEDNN_KERNELS = sslm_jax/kernels/_onednn_conv.so
@@ -29,8 +30,8 @@ demo: system-deps tcmalloc install
 
 test: tcmalloc install-test
 	@$(MAKE) --no-print-directory kernels
-	LD_PRELOAD=$$([ -f $(TCMALLOC_LIB) ] && echo $(TCMALLOC_LIB)) $(VENV)/bin/python -m pytest -q \
-	  -n $(TEST_WORKERS) --dist loadfile
+	LD_PRELOAD=$$([ -f $(TCMALLOC_LIB) ] && echo $(TCMALLOC_LIB)) $(VENV)/bin/python -m pytest \
+	  -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 # Debian/Ubuntu packages: the real Fashion-MNIST files, and venv support for python3.
 system-deps:

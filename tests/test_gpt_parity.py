@@ -23,7 +23,8 @@ torch = pytest.importorskip(
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.pytorch_reference import gpt as torch_gpt  # noqa: E402
-from conftest import FLOAT32_MATMUL_PRECISION, float32_torch  # noqa: E402
+from conftest import (FLOAT32_MATMUL_PRECISION, float32_torch, is_zero_gradient_key,  # noqa: E402
+                      rel_err)
 from sslm_jax.runs import run_config  # noqa: E402
 from sslm_jax.interop import flax_gpt_params_to_torch, torch_gpt_state_dict_to_flax  # noqa: E402
 from sslm_jax.models import GPT  # noqa: E402
@@ -40,10 +41,6 @@ VOCAB = Vocab(size=37, pad_id=0, bos_id=1, eos_id=2, mask_id=3, first_normal_id=
 VARIANTS = [('learned', True), ('rotary', False)]  # (positions, tied output layer)
 
 
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
 
 def assert_close(name_to_pair: dict, what: str, rtol: float = RTOL):
   errors = {k: rel_err(a, b) for k, (a, b) in name_to_pair.items()}
@@ -54,11 +51,10 @@ def assert_close(name_to_pair: dict, what: str, rtol: float = RTOL):
 
 
 def zero_gradient_keys(positions: str, keys) -> set[str]:
-  """Parameters whose exact gradient is zero: without RoPE a key bias b adds q.b to every logit
-  of a query's row, which the softmax ignores. Both frameworks return rounding noise there
-  (its relative error is meaningless, and Adam turns it into full-size steps), so those are
-  checked to be negligible instead of equal."""
-  return {k for k in keys if k.endswith('attention.key.bias')} if positions != 'rotary' else set()
+  """Parameters whose exact gradient is zero (`conftest.is_zero_gradient_key`): both frameworks
+  return rounding noise there (and Adam turns it into full-size steps), so those are checked to
+  be negligible instead of equal."""
+  return {k for k in keys if is_zero_gradient_key(k, positions)}
 
 
 def assert_negligible(grads: dict, keys: set[str], scale: float, what: str):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import is_zero_gradient_key, rel_err
 from sslm_jax import runs
 from sslm_jax.models import attention, build_model, transformer
 from sslm_jax.objectives import bind_loss
@@ -40,21 +41,27 @@ def compiled_grad(loss, params, rows):
   return fn.lower(params, rows, jax.random.key(2)).compile()
 
 
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
 def assert_same(a, b, what):
   """Loss and metrics to 1e-6 relative, each gradient tensor to 1e-5 (||a - b|| / ||b||, as the
-  parity tests): the two computations differ only in float32 rounding (see the callers)."""
+  parity tests): the two computations differ only in float32 rounding (see the callers). The
+  key biases' exact gradient is zero (`conftest.is_zero_gradient_key`): both must be below
+  1e-6 of the largest gradient's norm instead."""
   (loss_a, metrics_a), grads_a = a
   (loss_b, metrics_b), grads_b = b
   for k in ('loss', *metrics_a):
     x, y = (loss_a, loss_b) if k == 'loss' else (metrics_a[k], metrics_b[k])
     assert rel_err(x, y) < 1e-6, f'{what}: {k} {x} vs {y}'
-  errors = jax.tree.leaves(jax.tree.map(rel_err, grads_a, grads_b))
-  assert max(errors) < 1e-5, f'{what}: gradient relative errors {errors}'
+  flat_a, flat_b = (dict(jax.tree_util.tree_flatten_with_path(g)[0]) for g in (grads_a, grads_b))
+  scale = max(np.linalg.norm(g) for g in flat_b.values())
+  errors = {}
+  for path, g in flat_b.items():
+    name = '.'.join(str(getattr(k, 'key', k)) for k in path)
+    if is_zero_gradient_key(name):
+      assert max(np.linalg.norm(g), np.linalg.norm(flat_a[path])) < 1e-6 * scale, \
+          f'{what}: {name} gradient is not ~0'
+    else:
+      errors[name] = rel_err(flat_a[path], g)
+  assert errors and max(errors.values()) < 1e-5, f'{what}: gradient relative errors {errors}'
 
 
 def test_config_choices_are_the_models():

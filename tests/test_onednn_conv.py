@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from conftest import config_with
+from conftest import config_with, rel_err
 from sslm_jax.config import ConfigError
 from sslm_jax.kernels import onednn_conv
 from sslm_jax.models import VAE
@@ -24,10 +24,6 @@ needs_kernels = pytest.mark.skipif(onednn_conv.unavailable_reason() is not None,
                                    reason=str(onednn_conv.unavailable_reason()))
 RTOL = 1e-5
 
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def xla_conv(x, w, stride, pad):

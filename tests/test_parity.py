@@ -20,7 +20,7 @@ torch = pytest.importorskip(
     'torch', reason='PyTorch parity tests need torch (pip install -e .[torch]); skipped without')
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from conftest import config_with, float32_torch  # noqa: E402
+from conftest import config_with, float32_torch, rel_err  # noqa: E402
 from benchmarks.pytorch_reference import model as torch_ref  # noqa: E402
 from sslm_jax.runs import run_config  # noqa: E402
 from sslm_jax.kernels import onednn_conv  # noqa: E402
@@ -43,10 +43,6 @@ IMPLS = ('onednn', 'col2im', 'xla')
 TINY = {'latent_dim': 4, 'encoder_features': (8, 16, 16), 'encoder_out_features': 16,
         'decoder_hidden': (16,), 'decoder_base_features': 8, 'decoder_features': (8, 8)}
 
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def assert_close(name_to_pair: dict, what: str):
