@@ -46,7 +46,8 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 # Neither flag is used outside the tests, so a miscompile of XLA's default emitters would not
 # show here: benchmarks and `make demo` run them. An XLA that does not know a flag aborts at
 # start, so each is added only once a process has started with it: the probe runs once a session
-# (the marker variable carries its answer to the workers and the subprocesses of the tests).
+# (the marker variable carries its answer to the workers and the subprocesses of the tests;
+# set it beforehand, e.g. `SSLM_JAX_TEST_XLA_FLAGS=none XLA_FLAGS=`, to run under XLA's defaults).
 _COMPILE_FASTER = ('--xla_backend_optimization_level=0', '--xla_cpu_use_fusion_emitters=false')
 
 
