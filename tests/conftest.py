@@ -116,6 +116,7 @@ def pytest_collection_modifyitems(config, items):
     if 'gpu' in item.keywords:
       item.add_marker(skip)
 
+
 def rel_err(a, b) -> float:
   """||a - b|| / ||b|| in float64: the tests' measure of a tensor's error."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
