@@ -41,7 +41,6 @@ VOCAB = Vocab(size=37, pad_id=0, bos_id=1, eos_id=2, mask_id=3, first_normal_id=
 VARIANTS = [('learned', True), ('rotary', False)]  # (positions, tied output layer)
 
 
-
 def assert_close(name_to_pair: dict, what: str, rtol: float = RTOL):
   errors = {k: rel_err(a, b) for k, (a, b) in name_to_pair.items()}
   worst = max(errors, key=errors.get)

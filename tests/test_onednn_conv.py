@@ -25,7 +25,6 @@ needs_kernels = pytest.mark.skipif(onednn_conv.unavailable_reason() is not None,
 RTOL = 1e-5
 
 
-
 def xla_conv(x, w, stride, pad):
   return lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))

@@ -44,7 +44,6 @@ TINY = {'latent_dim': 4, 'encoder_features': (8, 16, 16), 'encoder_out_features'
         'decoder_hidden': (16,), 'decoder_base_features': 8, 'decoder_features': (8, 8)}
 
 
-
 def assert_close(name_to_pair: dict, what: str):
   errors = {k: rel_err(a, b) for k, (a, b) in name_to_pair.items()}
   worst = max(errors, key=errors.get)
