@@ -272,15 +272,19 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, training: bool = T
     per_epoch = steps_per_epoch(task.num_train_rows, config.train.batch_size)
     total = config.train.num_steps or config.train.num_epochs * per_epoch
   tx = optim.make_optimizer(config.optimizer, max(total, 1))
-  _, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = create_train_state(initial_params(task, config), tx, train_rng)
+  state = create_train_state(initial_params(task, config), tx, _seed_keys(config.seed)[1])
   return Run(config, workdir, task, per_epoch, total, tx, state)
 
 
+def _seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(the initial parameters' key, the training key): both a function of config.seed alone."""
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  return init_rng, train_rng
+
+
 def initial_params(task: Task, config: ml_collections.ConfigDict):
-  """A run's parameters at step 0: a function of config.seed alone."""
-  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-  return task.init_params(init_rng)
+  """A run's parameters at step 0."""
+  return task.init_params(_seed_keys(config.seed)[0])
 
 
 def restore_params(workdir: str, step: int | None = None) -> tuple[Run, dict, int]:
