@@ -36,12 +36,15 @@ def test_locked_config_rejects_a_misspelled_key():
     ('objective.temperature', 0.0, 'objective.temperature=0.0 is invalid; allowed: a float > 0'),
     ('model.dropout_rate', 0.0, "model.dropout_rate=0.0 is invalid; allowed: > 0 for objective "
                                 "'simcse'"),
+    ('model.weight_init', 'xavier', "model.weight_init='xavier' is invalid; allowed: 'lecun', "
+                                    "'gpt2'"),
 ])
 def test_invalid_values_name_key_and_allowed(key, value, fragment):
   # A run that holds the key: ELECTRA's, SimCSE's, else the seed VAE's.
   c = run_config(*{'model.generator_fraction': ('electra', 'electra'),
                    'objective.temperature': ('bert', 'simcse'),
-                   'model.dropout_rate': ('bert', 'simcse')}.get(key, ('vae',)))
+                   'model.dropout_rate': ('bert', 'simcse'),
+                   'model.weight_init': ('gpt', 'causal_lm')}.get(key, ('vae',)))
   section, name = key.split('.')
   setattr(c[section], name, value)
   with pytest.raises(ConfigError, match='allowed') as e:

@@ -25,7 +25,8 @@ from sslm_jax.train import loop
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'runs_before_18')
 RUNS = ('vae', 'gpt', 'text_vae')
 # Keys added since those folders were written, and the values that they load with.
-ADDED_SINCE = {'train.init_from': '', 'classifier.reinit_top_layers': 0}
+ADDED_SINCE = {'train.init_from': '', 'classifier.reinit_top_layers': 0,
+               'model.weight_init': 'lecun'}
 
 
 def old_config_text(name: str, data: tuple[str, str], workdir: str = '') -> str:

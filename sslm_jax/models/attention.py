@@ -339,6 +339,8 @@ class MultiHeadAttention(nn.Module):
     decode: keep a key/value cache ('cache' collection) for autoregressive decoding.
     implementation: passed to `scaled_dot_product_attention` (None or 'reference', 'xla',
       'cudnn'), except where `call_implementation` runs the reference instead.
+    kernel_init: the query, key and value projections' initializer.
+    out_kernel_init: the output projection's.
   """
   num_heads: int
   head_dim: Optional[int] = None
@@ -349,6 +351,8 @@ class MultiHeadAttention(nn.Module):
   rotary_base: float = 10000.0
   decode: bool = False
   implementation: Optional[str] = None
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+  out_kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
 
   def _head_dim(self, features: int) -> int:
     if self.head_dim is not None:
@@ -373,7 +377,8 @@ class MultiHeadAttention(nn.Module):
 
     def proj(name):
       return nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype,
-                             param_dtype=self.param_dtype, name=name)(x)
+                             param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+                             name=name)(x)
 
     query, key, value = proj('query'), proj('key'), proj('value')
     length = x.shape[1]
@@ -410,4 +415,5 @@ class MultiHeadAttention(nn.Module):
         dropout_rng=self.make_rng('dropout') if use_dropout else None,
         deterministic=deterministic, implementation=implementation)
     return nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype,
-                           param_dtype=self.param_dtype, name='out')(out)
+                           param_dtype=self.param_dtype, kernel_init=self.out_kernel_init,
+                           name='out')(out)

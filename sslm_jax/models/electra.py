@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from sslm_jax.config import Checker
 from sslm_jax.models.attention import choose_attention
 from sslm_jax.models.transformer import (TransformerConfig, TransformerEncoder, block_class,
-                                         padding_attention_mask)
+                                         kernel_inits, padding_attention_mask)
 
 
 def generator_sizes(num_heads: int, embed_dim: int, mlp_dim: int,
@@ -51,6 +51,7 @@ class Electra(nn.Module):
   dtype: jnp.dtype = jnp.float32
   attention_impl: str = 'auto'  # as the Transformers' (`choose_attention`)
   remat: str = 'none'  # as the Transformers' (`transformer.REMATS`), for both stacks
+  weight_init: str = 'lecun'  # as the Transformers' (`transformer.WEIGHT_INITS`), for both
 
   def setup(self):
     self.discriminator = TransformerEncoder(
@@ -58,22 +59,24 @@ class Electra(nn.Module):
         embed_dim=self.embed_dim, mlp_dim=self.mlp_dim, max_len=self.max_len,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         positions=self.positions, dtype=self.dtype, attention_impl=self.attention_impl,
-        remat=self.remat)
-    self.discriminator_dense = nn.Dense(self.embed_dim, dtype=self.dtype)
-    self.discriminator_out = nn.Dense(1, dtype=self.dtype)
+        remat=self.remat, weight_init=self.weight_init)
+    kernel_init, residual_init = kernel_inits(self.weight_init, self.num_layers)
+    self.discriminator_dense = nn.Dense(self.embed_dim, dtype=self.dtype, kernel_init=kernel_init)
+    self.discriminator_out = nn.Dense(1, dtype=self.dtype, kernel_init=kernel_init)
     heads, width, mlp = generator_sizes(self.num_heads, self.embed_dim, self.mlp_dim,
                                         self.generator_fraction)
     attention_impl = choose_attention(self.attention_impl, dtype=self.dtype,
                                       head_dim=self.embed_dim // self.num_heads,
                                       dropout_rate=self.attention_dropout_rate).impl
-    self.generator_in = nn.Dense(width, dtype=self.dtype)
+    self.generator_in = nn.Dense(width, dtype=self.dtype, kernel_init=kernel_init)
     self.generator_blocks = [
         block_class(self.remat)(heads, mlp, self.dropout_rate, self.attention_dropout_rate,
                                 use_rotary=self.positions == 'rotary', dtype=self.dtype,
-                                attention_impl=attention_impl)
+                                attention_impl=attention_impl, kernel_init=kernel_init,
+                                residual_init=residual_init)
         for _ in range(self.num_layers)]
     self.generator_norm = nn.LayerNorm(dtype=self.dtype)
-    self.generator_dense = nn.Dense(self.embed_dim, dtype=self.dtype)
+    self.generator_dense = nn.Dense(self.embed_dim, dtype=self.dtype, kernel_init=kernel_init)
     self.generator_head_norm = nn.LayerNorm(dtype=self.dtype)
     self.generator_bias = self.param('generator_bias', nn.initializers.zeros,
                                      (self.vocab_size,))

@@ -92,6 +92,7 @@ class PosteriorEncoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
   attention_impl: str = 'auto'
   remat: str = 'none'
+  weight_init: str = 'lecun'
 
   @nn.compact
   def __call__(self, tokens, mask, *, deterministic: bool = True):
@@ -100,7 +101,7 @@ class PosteriorEncoder(nn.Module):
           self.vocab_size, self.num_layers, self.num_heads, self.embed_dim, self.mlp_dim,
           self.max_len, self.dropout_rate, self.attention_dropout_rate, self.positions,
           dtype=self.dtype, attention_impl=self.attention_impl, remat=self.remat,
-          name='transformer')(tokens, mask, deterministic=deterministic)
+          weight_init=self.weight_init, name='transformer')(tokens, mask, deterministic=deterministic)
     elif self.encoder_type == 'gru':
       features = GRUSentenceEncoder(self.vocab_size, self.embed_dim, self.dropout_rate,
                                     self.dtype, name='gru')(tokens, mask,
@@ -182,6 +183,7 @@ class TextVAE(nn.Module):
   dtype: jnp.dtype = jnp.float32
   attention_impl: str = 'auto'  # as the Transformers' (sslm_jax.models.transformer)
   remat: str = 'none'
+  weight_init: str = 'lecun'
 
   def setup(self):
     if self.latent_conditioning != 'none':
@@ -189,7 +191,7 @@ class TextVAE(nn.Module):
           self.vocab_size, self.latent_dim, self.encoder_type, self.encoder_layers,
           self.num_heads, self.embed_dim, self.mlp_dim, self.max_len, self.dropout_rate,
           self.attention_dropout_rate, self.positions, self.dtype, self.attention_impl,
-          self.remat)
+          self.remat, self.weight_init)
     self.decoder = self.decoder_module()
 
   @nn.nowrap
@@ -198,7 +200,7 @@ class TextVAE(nn.Module):
     return LatentDecoder(self.vocab_size, self.num_layers, self.num_heads, self.embed_dim,
                          self.mlp_dim, self.max_len, self.dropout_rate,
                          self.attention_dropout_rate, self.positions, self.tie_embeddings,
-                         self.dtype, self.attention_impl, self.remat,
+                         self.dtype, self.attention_impl, self.remat, self.weight_init,
                          latent_conditioning=self.latent_conditioning,
                          latent_prefix_len=self.latent_prefix_len, decode=decode)
 

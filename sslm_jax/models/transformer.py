@@ -11,7 +11,8 @@ MLM head (ELECTRA's discriminator, `sslm_jax.models.electra`). Dropout draws fro
 `attention_impl` picks the attention kernel ('auto': cuDNN flash attention where it applies,
 `sslm_jax.models.attention.choose_attention`); `remat` recomputes each block's activations in
 the backward pass instead of keeping them ('block', or a named `jax.checkpoint_policies` policy
-of what to keep), the same numbers from less memory.
+of what to keep), the same numbers from less memory. `weight_init` picks the dense layers'
+initial weights (`WEIGHT_INITS`).
 
 `TransformerConfig` is the `model` section of the 'gpt' and 'bert' families (and the base of
 ELECTRA's and the text VAE's); it chooses the attention once (`attention`) and hands the modules
@@ -20,6 +21,7 @@ the choice.
 
 import dataclasses
 import logging
+import math
 from typing import ClassVar, Optional
 
 import flax.linen as nn
@@ -38,6 +40,24 @@ REMAT_POLICIES = ('dots_saveable', 'dots_with_no_batch_dims_saveable', 'nothing_
                   'everything_saveable')
 REMATS = ('none', 'block') + REMAT_POLICIES
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
+# The dense layers' initial weights. 'lecun': Flax's default, LeCun normal (variance 1/fan-in),
+# so each block's two residual branches start about 50 times the size of the N(0, 0.02)
+# embeddings they are added to.
+# 'gpt2': GPT-2's and BERT's, N(0, 0.02) for every kernel, divided by sqrt(2 * num_layers) on
+# the two projections that write into the residual stream: each block starts as a small change
+# to the embeddings. On configs/bert_fortunes.py the masked LM left the unigram plateau about
+# twice as fast with it (README, "Initial weights").
+WEIGHT_INITS = ('lecun', 'gpt2')
+
+
+def kernel_inits(weight_init: str, num_layers: int):
+  """(a dense layer's kernel initializer, a residual output projection's) for `weight_init`."""
+  if weight_init == 'lecun':
+    return nn.linear.default_kernel_init, nn.linear.default_kernel_init
+  if weight_init == 'gpt2':
+    return (nn.initializers.normal(stddev=0.02),
+            nn.initializers.normal(stddev=0.02 / math.sqrt(2 * num_layers)))
+  raise ValueError(f'weight_init must be one of {WEIGHT_INITS}; got {weight_init!r}')
 
 
 class TransformerBlock(nn.Module):
@@ -50,6 +70,8 @@ class TransformerBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
   decode: bool = False
   attention_impl: str = 'reference'  # a concrete one: 'reference', 'xla' or 'cudnn'
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+  residual_init: nn.initializers.Initializer = nn.linear.default_kernel_init  # the outputs'
 
   # Positional arguments: `nn.remat` marks causal and deterministic static by position.
   @nn.compact
@@ -59,12 +81,15 @@ class TransformerBlock(nn.Module):
     h = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout_rate,
                            dtype=self.dtype, use_rotary=self.use_rotary, decode=self.decode,
                            implementation=self.attention_impl,
+                           kernel_init=self.kernel_init, out_kernel_init=self.residual_init,
                            name='attention')(h, mask=mask, causal=causal,
                                              deterministic=deterministic)
     x = x + Dropout(self.dropout_rate)(h, deterministic=deterministic)
     h = nn.LayerNorm(dtype=self.dtype, name='mlp_norm')(x)
-    h = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype, name='mlp_in')(h))
-    h = nn.Dense(x.shape[-1], dtype=self.dtype, name='mlp_out')(h)
+    h = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=self.kernel_init,
+                         name='mlp_in')(h))
+    h = nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=self.residual_init,
+                 name='mlp_out')(h)
     return x + Dropout(self.dropout_rate)(h, deterministic=deterministic)
 
 
@@ -116,6 +141,7 @@ class _Transformer(nn.Module):
   dtype: jnp.dtype = jnp.float32
   attention_impl: str = 'auto'  # 'auto', 'reference', 'xla', 'cudnn' (choose_attention)
   remat: str = 'none'  # REMATS
+  weight_init: str = 'lecun'  # WEIGHT_INITS
 
   def _build(self, decode: bool):
     if self.positions not in POSITIONS:
@@ -129,6 +155,7 @@ class _Transformer(nn.Module):
                                       head_dim=self.embed_dim // self.num_heads,
                                       dropout_rate=self.attention_dropout_rate).impl
     block = block_class('none' if decode else self.remat)  # decoding computes no gradient
+    kernel_init, residual_init = kernel_inits(self.weight_init, self.num_layers)
     self.embed = nn.Embed(self.vocab_size, self.embed_dim, embedding_init=_EMBED_INIT,
                           dtype=self.dtype)
     if self.positions == 'learned':
@@ -137,11 +164,12 @@ class _Transformer(nn.Module):
     self.blocks = [
         block(self.num_heads, self.mlp_dim, self.dropout_rate, self.attention_dropout_rate,
               use_rotary=self.positions == 'rotary', dtype=self.dtype, decode=decode,
-              attention_impl=attention_impl)
+              attention_impl=attention_impl, kernel_init=kernel_init,
+              residual_init=residual_init)
         for i in range(self.num_layers)]
     self.final_norm = nn.LayerNorm(dtype=self.dtype)
     if not self.tie_embeddings:
-      self.lm_head = nn.Dense(self.vocab_size, dtype=self.dtype)
+      self.lm_head = nn.Dense(self.vocab_size, dtype=self.dtype, kernel_init=kernel_init)
 
   def embed_inputs(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
     """Token (plus learned position) embeddings after dropout: (batch, length, embed_dim)."""
@@ -227,7 +255,8 @@ class BertEncoder(TransformerEncoder):
 
   def setup(self):
     super().setup()
-    self.mlm_dense = nn.Dense(self.embed_dim, dtype=self.dtype)
+    self.mlm_dense = nn.Dense(self.embed_dim, dtype=self.dtype,
+                              kernel_init=kernel_inits(self.weight_init, self.num_layers)[0])
     self.mlm_norm = nn.LayerNorm(dtype=self.dtype)
     if self.tie_embeddings:
       self.mlm_bias = self.param('mlm_bias', nn.initializers.zeros, (self.vocab_size,))
@@ -263,6 +292,7 @@ class TransformerConfig(ModelConfig):
   # jax.checkpoint_policies name), which trades recomputation for activation memory.
   attention_impl: str = 'auto'
   remat: str = 'none'
+  weight_init: str = 'lecun'  # the dense layers' initial weights: WEIGHT_INITS
 
   def check(self, c: Checker) -> None:
     super().check(c)
@@ -270,6 +300,7 @@ class TransformerConfig(ModelConfig):
       c.integer(key)
     c.choice('positions', POSITIONS)
     c.choice('remat', REMATS)
+    c.choice('weight_init', WEIGHT_INITS)
     for key in ('dropout_rate', 'attention_dropout_rate'):
       c.number(key, 0, 1, high_open=True)
     if not c.valid('embed_dim', 'num_heads'):
