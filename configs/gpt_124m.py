@@ -2,7 +2,8 @@
 
 12 layers, 12 heads, 768 wide, context 1024, bf16 compute with float32 parameters, AdamW with
 warm-up and cosine decay: GPT-2's recipe of about 0.5M tokens a step (512 rows of 1024 tokens) as
-8 micro-batches of 64 rows (`train.grad_accum_steps`). The loss takes the logits 256 positions
+8 micro-batches of 64 rows (`train.grad_accum_steps`), from GPT-2's initial weights
+(`model.weight_init='gpt2'`). The loss takes the logits 256 positions
 at a time (`objective.logits_chunk_size`: 64 x 256 x 50,304 float32 logits, 3.3 GB, instead of
 13 GB for the whole micro-batch, and as much again for their gradient), at the price of
 recomputing the output layer in the backward pass (2 V d FLOPs a token, about 10% of the step;
@@ -34,6 +35,7 @@ def get_config():
   config.model.dtype = 'bfloat16'
   config.model.attention_impl = 'auto'
   config.model.remat = 'none'
+  config.model.weight_init = 'gpt2'  # GPT-2's initial weights, as its recipe assumes
   config.objective.logits_chunk_size = 256
 
   config.optimizer.name = 'adamw'
