@@ -2,6 +2,9 @@
 
 One fortune a row (padded to text.seq_len, longer ones truncated); 15% of tokens chosen, of those
 80% [MASK], 10% a random token, 10% unchanged. Reports masked-token loss, perplexity and accuracy.
+Rotary positions and GPT-2's initial weights: in the same 1146 steps the masked LM reaches a
+validation perplexity of 85 with them, 155 with learned positions and 330 with learned positions
+and Flax's default initial weights (README, "Initial weights and positions").
 
   sslm-jax train --config configs/bert_fortunes.py --workdir runs/bert_fortunes
 """
@@ -22,4 +25,6 @@ def get_config():
   config.model.max_len = 64
   config.train.batch_size = 64
   config.train.num_epochs = 6
+  config.model.positions = 'rotary'
+  config.model.weight_init = 'gpt2'
   return config
