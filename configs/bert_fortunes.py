@@ -4,7 +4,7 @@ One fortune a row (padded to text.seq_len, longer ones truncated); 15% of tokens
 80% [MASK], 10% a random token, 10% unchanged. Reports masked-token loss, perplexity and accuracy.
 Rotary positions and GPT-2's initial weights: in the same 1146 steps the masked LM reaches a
 validation perplexity of 85 with them, 155 with learned positions and 330 with learned positions
-and Flax's default initial weights (README, "Initial weights and positions").
+and Flax's default initial weights (README, "Fortunes: initial weights and positions").
 
   sslm-jax train --config configs/bert_fortunes.py --workdir runs/bert_fortunes
 """

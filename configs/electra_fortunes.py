@@ -2,7 +2,8 @@
 
 The discriminator is configs/bert_fortunes.py's encoder (4 layers, width 192, one fortune a row of
 64 tokens, batch 64, the same optimizer); the generator is a quarter of its width (1 head of 48,
-MLP 192) at the same depth, sharing its token and position embeddings. 15% of each row's tokens
+MLP 192) at the same depth, sharing its token embeddings (and position embeddings, where
+positions are learned; the config's are rotary, as bert_fortunes.py's). 15% of each row's tokens
 are masked for the generator and refilled by its samples; the discriminator labels every token
 original or replaced. Loss: generator MLM + 50 x discriminator BCE (Clark et al. 2020).
 

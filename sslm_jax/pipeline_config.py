@@ -51,6 +51,10 @@ class FinetuneConfig(Section):
   scratch: bool = True            # also train the same model from scratch, same budget
   linear_probe_learning_rate: float = 0.0  # the head-only run's (0 = finetune.optimizer's): a
                                            # linear model usually wants a larger one
+  # The scratch run's model.weight_init ('' = the pretraining run's): the initial weights that
+  # pretrain best need not be the best start for training a classifier from random weights
+  # (README, "Fortunes: initial weights and positions"); the control should be the stronger.
+  scratch_weight_init: str = ''
 
   def check(self, c: Checker) -> None:
     c.check(isinstance(self.regimes, (tuple, list)) and 0 < len(self.regimes) ==
@@ -58,6 +62,12 @@ class FinetuneConfig(Section):
             f'a non-empty tuple of distinct regimes from {REGIMES}')
     c.number('linear_probe_learning_rate', 0,
              note=', 0 for finetune.optimizer.learning_rate')
+    if self.scratch_weight_init:
+      model = MODELS.get(c.get('pretrain.model.name'))
+      inits = getattr(model, 'WEIGHT_INITS', ())
+      c.check(self.scratch_weight_init in inits, 'scratch_weight_init',
+              f"'' (the pretraining model's), or one of {inits}" if inits else
+              f"'' (model {c.get('pretrain.model.name')!r} has no weight_init)")
     c.nonempty('finetune.data.test_split', 'the split the pipeline reports (a non-empty name)')
     # Model selection restores the evaluated checkpoint with the best validation macro-F1.
     t = {k: c.get(f'finetune.train.{k}') for k in (
@@ -154,6 +164,8 @@ def pipeline_runs(config: ml_collections.ConfigDict, workdir: str, regimes=None)
     scratch.optimizer.encoder_learning_rate_multiplier = 1.0  # nothing to preserve
     if 'text' in scratch:  # the same tokenizer: only weights differ
       scratch.text.tokenizer_path = pretrain_tokenizer(config, pretrain_dir)
+    if config.finetune.scratch_weight_init and 'weight_init' in scratch.model:  # else checked
+      scratch.model.weight_init = config.finetune.scratch_weight_init
     runs_[SCRATCH_RUN] = scratch
   return runs_
 

@@ -408,6 +408,23 @@ def test_pipeline_derives_its_runs_from_the_pretraining_config():
                                            'classification', ''),
       'finetune_scratch': ('', tokenizer, 1e-3, 1.0, 0.1, 'classification', '')}
   assert runs['pretrain'] is config.pretrain
+  # finetune.scratch_weight_init changes the scratch run's initial weights, and nothing else.
+  config.pretrain.model.weight_init = 'gpt2'
+  config.finetune.scratch_weight_init = 'lecun'
+  pipeline_lib.validate_pipeline(config)
+  runs = pipeline_lib.pipeline_runs(config, '/w')
+  assert {name: r.model.weight_init for name, r in runs.items()} == {
+      'pretrain': 'gpt2', 'finetune_pretrained': 'gpt2',
+      'finetune_pretrained_linear_probe': 'gpt2', 'finetune_scratch': 'lecun'}
+  config.finetune.scratch_weight_init = 'xavier'
+  with pytest.raises(ConfigError, match=r"finetune.scratch_weight_init='xavier' is invalid; "
+                                        r"allowed: '' \(the pretraining model's\), or one of "
+                                        r"\('lecun', 'gpt2'\)"):
+    pipeline_lib.validate_pipeline(config)
+  image = pipeline_config()  # the seed VAE: no weight_init to set
+  image.finetune.scratch_weight_init = 'lecun'
+  with pytest.raises(ConfigError, match=r"allowed: '' \(model 'vae' has no weight_init\)"):
+    pipeline_lib.validate_pipeline(image)
 
 
 def test_compare_puts_several_pipelines_in_one_table(text_run, image_run, capsys, tmp_path):

@@ -5,6 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import traverse_util
+
+from sslm_jax.models import MODELS
 from sslm_jax.models.generate import filter_logits, generate
 from sslm_jax.models.transformer import GPT, BertEncoder
 
@@ -202,30 +205,31 @@ def test_auto_attention_takes_cudnn_in_bfloat16_and_decoding_still_works():
                                 generate(reference, params, prompt, **kwargs))
 
 
+
 @pytest.mark.parametrize('family', ['gpt', 'bert', 'electra', 'text_vae'])
 def test_gpt2_weight_init_scales_every_dense_kernel(family):
   """'gpt2': every dense kernel of the Transformer stacks N(0, 0.02), the two residual output
-  projections of a block N(0, 0.02 / sqrt(2 * num_layers)); 'lecun' (the default) is Flax's."""
-  from flax import traverse_util
-  from sslm_jax.models import MODELS
-  fields = dict(num_layers=2, num_heads=4, embed_dim=64, mlp_dim=256, max_len=MAX_LEN)
-  config = MODELS[family](**fields, weight_init='gpt2')
-  model = config.build(vocab_size=VOCAB)
+  projections of a block N(0, 0.02 / sqrt(2 * num_layers)); the rest as 'lecun' (the default)."""
+  fields = dict(num_layers=4, num_heads=4, embed_dim=64, mlp_dim=256, max_len=MAX_LEN)
   args = (jax.random.key(1),) if family == 'text_vae' else ()
-  params = model.init(jax.random.key(0), _tokens(), *args)['params']
-  residual = {'out', 'mlp_out'}
-  checked = 0
-  for path, kernel in traverse_util.flatten_dict(params).items():
-    if path[-1] != 'kernel' or path[-2] in ('latent_to_embedding', 'latent_to_prefix', 'posterior'):
-      continue  # the text VAE's latent layers keep their own initializers
-    std = 0.02 / np.sqrt(2 * fields['num_layers']) if path[-2] in residual else 0.02
+
+  def flat_params(**extra):
+    model = MODELS[family](**fields, **extra).build(vocab_size=VOCAB)
+    return traverse_util.flatten_dict(model.init(jax.random.key(0), _tokens(), *args)['params'])
+
+  gpt2, lecun = flat_params(weight_init='gpt2'), flat_params()
+  assert gpt2.keys() == lecun.keys()
+  own_init = ('latent_to_embedding', 'latent_to_prefix', 'posterior')  # the text VAE's latents
+  scaled = 0
+  for path, kernel in gpt2.items():
+    if path[-1] != 'kernel' or path[-2] in own_init:
+      np.testing.assert_array_equal(kernel, lecun[path], err_msg=str(path))
+      continue
+    layers = 2 if path[0] == 'encoder' else fields['num_layers']  # the text VAE's encoder_layers
+    std = 0.02 / np.sqrt(2 * layers) if path[-2] in ('out', 'mlp_out') else 0.02
     # A sample standard deviation of n >= 64 N(0, s) draws is within 30% of s (n = 64: about
-    # 3.4 of its standard errors, s / sqrt(2n)); Flax's LeCun init of these layers is >= 0.0625.
+    # 3.4 of its standard errors, s / sqrt(2n)); Flax's LeCun init of these layers is >= 0.0625,
+    # and 1 / sqrt(num_layers) in place of 1 / sqrt(2 num_layers) would be 41% too large.
     assert abs(float(np.std(kernel)) - std) < 0.3 * std, (path, float(np.std(kernel)), std)
-    checked += 1
-  assert checked >= 12
-  lecun = MODELS[family](**fields).build(vocab_size=VOCAB)
-  params = lecun.init(jax.random.key(0), _tokens(), *args)['params']
-  mlp_in = [v for k, v in traverse_util.flatten_dict(params).items()
-            if k[-2:] == ('mlp_in', 'kernel')]
-  assert mlp_in and all(abs(float(np.std(v)) * np.sqrt(v.shape[0]) - 1) < 0.3 for v in mlp_in)
+    scaled += 1
+  assert scaled >= 24
