@@ -138,6 +138,12 @@ def is_zero_gradient_key(path: str, positions: str = 'learned') -> bool:
   return positions != 'rotary' and path.endswith('attention.key.bias')
 
 
+def assert_negligible_gradient(gradient, scale: float, what: str) -> None:
+  """A zero-gradient parameter's computed gradient (`is_zero_gradient_key`) is below 1e-6 of
+  `scale`, the largest gradient's norm: rounding noise is ~1e-9 of it."""
+  assert np.linalg.norm(gradient) < 1e-6 * scale, f'{what} gradient is not ~0'
+
+
 TINY_MODEL = {
     'model.encoder_features': (8, 16, 16),
     'model.encoder_out_features': 16,

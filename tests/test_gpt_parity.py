@@ -23,8 +23,8 @@ torch = pytest.importorskip(
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.pytorch_reference import gpt as torch_gpt  # noqa: E402
-from conftest import (FLOAT32_MATMUL_PRECISION, float32_torch, is_zero_gradient_key,  # noqa: E402
-                      rel_err)
+from conftest import (FLOAT32_MATMUL_PRECISION, assert_negligible_gradient,  # noqa: E402
+                      float32_torch, is_zero_gradient_key, rel_err)
 from sslm_jax.runs import run_config  # noqa: E402
 from sslm_jax.interop import flax_gpt_params_to_torch, torch_gpt_state_dict_to_flax  # noqa: E402
 from sslm_jax.models import GPT  # noqa: E402
@@ -58,7 +58,7 @@ def zero_gradient_keys(positions: str, keys) -> set[str]:
 
 def assert_negligible(grads: dict, keys: set[str], scale: float, what: str):
   for k in keys:
-    assert np.linalg.norm(grads[k]) < 1e-6 * scale, f'{what}: {k} gradient is not ~0'
+    assert_negligible_gradient(grads[k], scale, f'{what}: {k}')
 
 
 def setup(positions='learned', tie=True, attention='sdpa', seed=0):

@@ -101,7 +101,8 @@ class PosteriorEncoder(nn.Module):
           self.vocab_size, self.num_layers, self.num_heads, self.embed_dim, self.mlp_dim,
           self.max_len, self.dropout_rate, self.attention_dropout_rate, self.positions,
           dtype=self.dtype, attention_impl=self.attention_impl, remat=self.remat,
-          weight_init=self.weight_init, name='transformer')(tokens, mask, deterministic=deterministic)
+          weight_init=self.weight_init, name='transformer')(tokens, mask,
+                                                            deterministic=deterministic)
     elif self.encoder_type == 'gru':
       features = GRUSentenceEncoder(self.vocab_size, self.embed_dim, self.dropout_rate,
                                     self.dtype, name='gru')(tokens, mask,
