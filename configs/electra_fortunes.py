@@ -7,7 +7,7 @@ positions are learned; the config's are rotary, as bert_fortunes.py's). 15% of e
 are masked for the generator and refilled by its samples; the discriminator labels every token
 original or replaced. Loss: generator MLM + 50 x discriminator BCE (Clark et al. 2020).
 Flax's LeCun initial weights, not bert_fortunes.py's GPT-2 ones: the discriminator pretrains about
-as well from either (validation BCE 0.345 against 0.352 after 955 steps) but fine-tunes much
+as well from either (validation BCE 0.345 against 0.352 after 1031 steps) but fine-tunes much
 better from LeCun's (validation macro-F1 0.464 against 0.383; README, "Fortunes: initial weights
 and positions").
 

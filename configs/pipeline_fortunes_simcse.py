@@ -3,9 +3,10 @@
 SimCSE (Gao et al. 2021): each fortune of a batch is encoded twice with different dropout masks
 (the model's 0.1), the two mean-pooled final states are a positive pair and the other rows' are
 the negatives: InfoNCE at temperature 0.05. 3 epochs of batch 64 (573 steps; each step encodes
-every row twice, so about the encoder passes of the MLM's 6 epochs: 1191 s against its 1395 s
-when measured with learned positions and LeCun weights, README "ELECTRA and contrastive
-pretraining"; not yet run with the rotary positions and GPT-2 weights bert_fortunes.py now has), AdamW 1e-3 as the other
+every row twice, so about the encoder passes of bert_fortunes.py's 6 epochs, a third of
+pipeline_fortunes_bert.py's 18: 1191 s against 1395 s for those 6 epochs, measured with learned
+positions and LeCun weights, README "ELECTRA and contrastive pretraining"; not yet run with the
+rotary positions and GPT-2 weights bert_fortunes.py now has), AdamW 1e-3 as the other
 pretraining runs. Fine-tuning (full, mean-pooled), the scratch run and TF-IDF + LinearSVC are
 pipeline_fortunes.py's; no linear probe.
 
