@@ -14,7 +14,8 @@ minutes of pretraining alone on 2 cores, estimated from the steps/s of the 6-epo
 
 from sslm_jax.configs import bert_fortunes, pipeline_fortunes
 
-PRETRAIN_EPOCHS = 18  # of 191 steps (batch 64)
+PRETRAIN_EPOCHS = 18
+STEPS_PER_EPOCH = 191  # 12,239 training fortunes in full batches of 64
 
 
 def get_config():

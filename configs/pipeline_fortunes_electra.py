@@ -15,7 +15,7 @@ LinearSVC are pipeline_fortunes.py's; the linear probe is left out to save time.
 
 from sslm_jax.configs import electra_fortunes, pipeline_fortunes, pipeline_fortunes_bert
 
-MLM_STEPS = pipeline_fortunes_bert.PRETRAIN_EPOCHS * 191  # 191 steps an epoch at batch 64
+MLM_STEPS = pipeline_fortunes_bert.PRETRAIN_EPOCHS * pipeline_fortunes_bert.STEPS_PER_EPOCH
 STEP_RATIO = 1.0  # ELECTRA steps/s / MLM steps/s, measured 1.01 (README)
 
 

@@ -205,7 +205,6 @@ def test_auto_attention_takes_cudnn_in_bfloat16_and_decoding_still_works():
                                 generate(reference, params, prompt, **kwargs))
 
 
-
 @pytest.mark.parametrize('family', ['gpt', 'bert', 'electra', 'text_vae'])
 def test_gpt2_weight_init_scales_every_dense_kernel(family):
   """'gpt2': every dense kernel of the Transformer stacks N(0, 0.02), the two residual output
@@ -225,7 +224,8 @@ def test_gpt2_weight_init_scales_every_dense_kernel(family):
     if path[-1] != 'kernel' or path[-2] in own_init:
       np.testing.assert_array_equal(kernel, lecun[path], err_msg=str(path))
       continue
-    layers = 2 if path[0] == 'encoder' else fields['num_layers']  # the text VAE's encoder_layers
+    # The text VAE's posterior encoder is a stack of its own depth.
+    layers = MODELS[family]().encoder_layers if path[0] == 'encoder' else fields['num_layers']
     std = 0.02 / np.sqrt(2 * layers) if path[-2] in ('out', 'mlp_out') else 0.02
     # A sample standard deviation of n >= 64 N(0, s) draws is within 30% of s (n = 64: about
     # 3.4 of its standard errors, s / sqrt(2n)); Flax's LeCun init of these layers is >= 0.0625,
