@@ -233,3 +233,46 @@ def test_gpt2_weight_init_scales_every_dense_kernel(family):
     assert abs(float(np.std(kernel)) - std) < 0.3 * std, (path, float(np.std(kernel)), std)
     scaled += 1
   assert scaled >= 24
+
+
+@pytest.mark.parametrize('family', ['gpt', 'bert', 'electra'])
+def test_embed_norm_layer_normalizes_the_summed_embeddings(family):
+  """embed_norm=True: the embeddings go through one LayerNorm (ELECTRA's generator reads the
+  discriminator's), so the residual stream starts at unit scale; off, they stay N(0, 0.02)."""
+  fields = dict(num_layers=2, num_heads=2, embed_dim=64, mlp_dim=128, max_len=MAX_LEN,
+                positions='learned')
+  tokens = _tokens()
+
+  def embeddings(**extra):
+    model = MODELS[family](**fields, **extra).build(vocab_size=VOCAB)
+    params = model.init(jax.random.key(0), tokens)['params']
+    flat = traverse_util.flatten_dict(params)
+    x = model.apply({'params': params}, tokens,
+                    method=lambda m, t: (m.discriminator if family == 'electra' else m)
+                    .embed_inputs(t))
+    return flat, np.asarray(x)
+
+  plain_params, plain = embeddings()
+  normed_params, normed = embeddings(embed_norm=True)
+  added = set(normed_params) - set(plain_params)
+  prefix = ('discriminator',) if family == 'electra' else ()
+  assert added == {prefix + ('embedding_norm', 'scale'), prefix + ('embedding_norm', 'bias')}
+  assert all(np.array_equal(normed_params[k], plain_params[k]) for k in plain_params)
+  # LayerNorm at its initial scale 1 and bias 0: each token's 64 features have mean 0 and
+  # variance 1 (up to its epsilon of 1e-6 against a variance near 8e-4: 0.1%).
+  np.testing.assert_allclose(normed.mean(-1), 0, atol=1e-5)
+  np.testing.assert_allclose(normed.std(-1), 1, rtol=2e-3)
+  np.testing.assert_allclose(plain.std(), 0.02 * np.sqrt(2), rtol=0.2)  # token + position
+  # And the same normalization of those very embeddings.
+  mean, std = plain.mean(-1, keepdims=True), plain.std(-1, keepdims=True)
+  np.testing.assert_allclose(normed, (plain - mean) / np.sqrt(std**2 + 1e-6), atol=1e-4)
+
+
+def test_the_text_vae_refuses_embed_norm():
+  from sslm_jax import runs
+  from sslm_jax.config import ConfigError
+  from configs import text_vae_fortunes
+  config = text_vae_fortunes.get_config()
+  config.model.embed_norm = True
+  with pytest.raises(ConfigError, match=r"model.embed_norm=True is invalid; allowed: False"):
+    runs.validate(config)

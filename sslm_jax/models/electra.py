@@ -52,6 +52,7 @@ class Electra(nn.Module):
   attention_impl: str = 'auto'  # as the Transformers' (`choose_attention`)
   remat: str = 'none'  # as the Transformers' (`transformer.REMATS`), for both stacks
   weight_init: str = 'lecun'  # as the Transformers' (`transformer.WEIGHT_INITS`), for both
+  embed_norm: bool = False  # as the Transformers': on the shared embeddings, for both
 
   def setup(self):
     self.discriminator = TransformerEncoder(
@@ -59,7 +60,7 @@ class Electra(nn.Module):
         embed_dim=self.embed_dim, mlp_dim=self.mlp_dim, max_len=self.max_len,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         positions=self.positions, dtype=self.dtype, attention_impl=self.attention_impl,
-        remat=self.remat, weight_init=self.weight_init)
+        remat=self.remat, weight_init=self.weight_init, embed_norm=self.embed_norm)
     kernel_init, residual_init = kernel_inits(self.weight_init, self.num_layers)
     self.discriminator_dense = nn.Dense(self.embed_dim, dtype=self.dtype, kernel_init=kernel_init)
     self.discriminator_out = nn.Dense(1, dtype=self.dtype, kernel_init=kernel_init)

@@ -290,3 +290,11 @@ class TextVAEConfig(TransformerConfig):
     c.integer('encoder_layers')
     c.choice('latent_conditioning', CONDITIONINGS)
     c.integer('latent_prefix_len')
+    # The latent is added to the input embeddings: where a LayerNorm would sit around that sum
+    # is a choice not made yet.
+    c.check(self.embed_norm is False, 'embed_norm', 'False (not built for the text VAE)')
+
+  def module_fields(self) -> dict:
+    fields = super().module_fields()
+    del fields['embed_norm']  # always False (checked)
+    return fields

@@ -144,6 +144,7 @@ class _Transformer(nn.Module):
   attention_impl: str = 'auto'  # 'auto', 'reference', 'xla', 'cudnn' (choose_attention)
   remat: str = 'none'  # REMATS
   weight_init: str = 'lecun'  # WEIGHT_INITS
+  embed_norm: bool = False  # a LayerNorm on the summed embeddings (BERT's and ELECTRA's)
 
   def _build(self, decode: bool):
     if self.positions not in POSITIONS:
@@ -162,6 +163,8 @@ class _Transformer(nn.Module):
                           dtype=self.dtype)
     if self.positions == 'learned':
       self.position_embed = LearnedPositions(self.max_len, self.embed_dim, self.dtype, decode)
+    if self.embed_norm:
+      self.embedding_norm = nn.LayerNorm(dtype=self.dtype)
     self.embed_dropout = Dropout(self.dropout_rate)
     self.blocks = [
         block(self.num_heads, self.mlp_dim, self.dropout_rate, self.attention_dropout_rate,
@@ -174,7 +177,8 @@ class _Transformer(nn.Module):
       self.lm_head = nn.Dense(self.vocab_size, dtype=self.dtype, kernel_init=kernel_init)
 
   def embed_inputs(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
-    """Token (plus learned position) embeddings after dropout: (batch, length, embed_dim)."""
+    """Token (plus learned position) embeddings, LayerNorm-ed with `embed_norm`, after dropout:
+    (batch, length, embed_dim)."""
     if tokens.ndim != 2:
       raise ValueError(f'tokens must be (batch, length); got shape {tokens.shape}')
     if tokens.shape[1] > self.max_len:
@@ -182,6 +186,8 @@ class _Transformer(nn.Module):
     x = self.embed(tokens)
     if self.positions == 'learned':
       x = x + self.position_embed(tokens.shape[1])[None]
+    if self.embed_norm:
+      x = self.embedding_norm(x)
     return self.embed_dropout(x, deterministic=deterministic)
 
   def _hidden(self, tokens, mask, causal, deterministic):
@@ -296,6 +302,9 @@ class TransformerConfig(ModelConfig):
   attention_impl: str = 'auto'
   remat: str = 'none'
   weight_init: str = 'lecun'  # the dense layers' initial weights: WEIGHT_INITS
+  # A LayerNorm on the summed embeddings, as BERT's and ELECTRA's: the residual stream then
+  # starts at unit scale, not N(0, 0.02) under branches ~50 times larger (LeCun's weights).
+  embed_norm: bool = False
 
   def check(self, c: Checker) -> None:
     super().check(c)
