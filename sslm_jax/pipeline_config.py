@@ -161,7 +161,9 @@ def pipeline_runs(config: ml_collections.ConfigDict, workdir: str, regimes=None)
                                                            regime=regime)
   if config.finetune.scratch:
     scratch = finetune_run_config(config, init_from='', regime='full')
-    scratch.optimizer.encoder_learning_rate_multiplier = 1.0  # nothing to preserve
+    # Nothing to preserve: every layer of a random encoder at the head's rate.
+    scratch.optimizer.encoder_learning_rate_multiplier = 1.0
+    scratch.optimizer.layer_decay = 1.0
     if 'text' in scratch:  # the same tokenizer: only weights differ
       scratch.text.tokenizer_path = pretrain_tokenizer(config, pretrain_dir)
     if config.finetune.scratch_weight_init and 'weight_init' in scratch.model:  # else checked

@@ -24,7 +24,7 @@ from sslm_jax.data import images as image_data
 from sslm_jax.data import labels as label_data
 from sslm_jax.eval import baselines
 from sslm_jax.eval.metrics import classification_metrics
-from sslm_jax.models import heads
+from sslm_jax.models import build_model, heads
 from sslm_jax.objectives import classification
 from sslm_jax.tasks import Context
 from sslm_jax.tasks import classification as cls_task
@@ -320,6 +320,53 @@ def test_encoder_learning_rate_multiplier_scales_and_freezes():
   assert optim.encoder_labels(params) == {'encoder': {'w': 'encoder'}, 'head': {'w': 'head'}}
 
 
+@pytest.mark.parametrize('model', ['gpt', 'bert', 'electra'])
+def test_layer_decay_scales_each_block_of_the_encoder(model):
+  config = runs_lib.run_config(model, 'classification')
+  set_keys(config, {k: v for k, v in TINY_GPT.items() if k.split('.')[0] == 'model' and
+                    k != 'model.name'})
+  config.model.num_layers = 3
+  config.model.embed_norm = True
+  module = heads.TextClassifier(encoder=build_model(config.model, 320), num_classes=3)
+  params = module.init(jax.random.key(0), np.zeros((1, 8), np.int32))['params']
+  o = config.optimizer
+  o.name, o.learning_rate, o.momentum, o.layer_decay = 'sgd', 0.1, 0.0, 0.5
+  o.encoder_learning_rate_multiplier = 0.5
+  tx = optim.make_optimizer(o, 10)
+  updates, _ = tx.update(jax.tree.map(np.ones_like, params), tx.init(params), params)
+  flat = {'/'.join(str(k.key) for k in path): np.unique(np.asarray(u)).tolist()
+          for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+  stack = 'encoder/discriminator/' if model == 'electra' else 'encoder/'
+  # Three blocks: the top block at 0.5 x the encoder's rate, the one below at 0.25, the
+  # embeddings (and their norm) below the first block at 0.5 ** 4; the head at the full rate.
+  expected = {'head/kernel': -0.1, f'{stack}final_norm/scale': -0.05,
+              f'{stack}blocks_2/mlp_in/kernel': -0.025,
+              f'{stack}blocks_1/attention_norm/scale': -0.0125,
+              f'{stack}blocks_0/mlp_out/bias': -0.00625,
+              f'{stack}embed/embedding': -0.003125, f'{stack}embedding_norm/bias': -0.003125}
+  # float32 products of powers of 0.5 and 0.1: within a few units of float32 rounding.
+  assert {k: flat[k] for k in expected} == {k: [pytest.approx(v, rel=1e-6)]
+                                            for k, v in expected.items()}
+  o.layer_decay = 1.0  # off: every encoder leaf at the encoder's rate
+  tx = optim.make_optimizer(o, 10)
+  updates, _ = tx.update(jax.tree.map(np.ones_like, params), tx.init(params), params)
+  np.testing.assert_allclose(np.concatenate([np.ravel(u) for u in jax.tree.leaves(
+      updates['encoder'])]), -0.05, rtol=1e-6)  # float32 products of 0.1 and 0.5
+
+
+def test_layer_decay_is_checked():
+  config = tiny_pipeline(TINY_GPT, regimes=('full',))
+  config.finetune.optimizer.layer_decay = 0.0
+  with pytest.raises(ConfigError, match=r'finetune.optimizer.layer_decay=0.0 is invalid; allowed: '
+                                        r'a float in \(0, 1\] \(1 = no decay\)'):
+    pipeline_lib.validate_pipeline(config)
+  image = tiny_pipeline(TINY_VAE, regimes=('full',))
+  image.finetune.optimizer.layer_decay = 0.8
+  with pytest.raises(ConfigError, match=r"layer_decay=0.8 is invalid; allowed: 1.0 for model "
+                                        r"'vae' \(it has no Transformer blocks"):
+    pipeline_lib.validate_pipeline(image)
+
+
 def test_class_weights_and_label_smoothing():
   labels = np.array([0, 0, 0, 1])
   weights = classification.balanced_class_weights(labels, 3)
@@ -391,22 +438,24 @@ def test_pipeline_derives_its_runs_from_the_pretraining_config():
   config = pipeline_config(runs_lib.run_config('gpt'))
   set_keys(config.pretrain, {**TINY_GPT, 'model.dropout_rate': 0.1})
   set_keys(config.finetune, {'text.seq_len': 32, 'optimizer.learning_rate': 1e-3,
-                             'optimizer.encoder_learning_rate_multiplier': 0.3})
+                             'optimizer.encoder_learning_rate_multiplier': 0.3,
+                             'optimizer.layer_decay': 0.8})
   config.finetune.regimes = ('full', 'linear_probe')
   config.finetune.linear_probe_learning_rate = 1e-2
   runs = pipeline_lib.pipeline_runs(config, '/w')
   assert list(runs) == ['pretrain', 'finetune_pretrained', 'finetune_pretrained_linear_probe',
                         'finetune_scratch']
   settings = {name: (r.classifier.init_from, r.text.tokenizer_path, r.optimizer.learning_rate,
-                     r.optimizer.encoder_learning_rate_multiplier, r.model.dropout_rate,
-                     r.objective.name, r.data.test_split) for name, r in runs.items()
-              if name != 'pretrain'}
+                     r.optimizer.encoder_learning_rate_multiplier, r.optimizer.layer_decay,
+                     r.model.dropout_rate, r.objective.name, r.data.test_split)
+              for name, r in runs.items() if name != 'pretrain'}
   tokenizer = '/w/pretrain/tokenizer.model'
   assert settings == {
-      'finetune_pretrained': ('/w/pretrain', tokenizer, 1e-3, 0.3, 0.1, 'classification', ''),
-      'finetune_pretrained_linear_probe': ('/w/pretrain', tokenizer, 1e-2, 0.0, 0.1,
+      'finetune_pretrained': ('/w/pretrain', tokenizer, 1e-3, 0.3, 0.8, 0.1, 'classification',
+                              ''),
+      'finetune_pretrained_linear_probe': ('/w/pretrain', tokenizer, 1e-2, 0.0, 0.8, 0.1,
                                            'classification', ''),
-      'finetune_scratch': ('', tokenizer, 1e-3, 1.0, 0.1, 'classification', '')}
+      'finetune_scratch': ('', tokenizer, 1e-3, 1.0, 1.0, 0.1, 'classification', '')}
   assert runs['pretrain'] is config.pretrain
   # finetune.scratch_weight_init changes the scratch run's initial weights, and nothing else.
   config.pretrain.model.weight_init = 'gpt2'

@@ -249,12 +249,13 @@ def _finetuning_md(names: RunNames, runs: dict, summaries: dict, results: dict, 
   for name in fine:
     c, s = runs[name], summaries.get(name, {})
     rows.append([name, 'yes' if c.classifier.init_from else 'no',
-                 c.optimizer.encoder_learning_rate_multiplier, c.optimizer.learning_rate,
+                 c.optimizer.encoder_learning_rate_multiplier, c.optimizer.layer_decay,
+                 c.optimizer.learning_rate,
                  c.train.batch_size, s.get('steps'), _fmt(s.get('epochs'), 2),
                  c.objective.class_weights, c.classifier.pooling, results[name]['selected_step']])
   md = ['## Fine-tuning', '']
-  md += _table(['run', 'pretrained', 'encoder lr x', 'lr', 'batch', 'steps', 'epochs',
-                'class weights', 'pooling', 'selected step'], rows)
+  md += _table(['run', 'pretrained', 'encoder lr x', 'layer decay', 'lr', 'batch', 'steps',
+                'epochs', 'class weights', 'pooling', 'selected step'], rows)
   by_step = {}
   for name in fine:
     for r in curves.get(name, []):

@@ -80,9 +80,17 @@ class EncoderRate(Section):
   # The encoder's learning rate is learning_rate * this; 0 = linear probe (encoder frozen: no
   # updates, no gradients, no dropout).
   encoder_learning_rate_multiplier: float = 1.0
+  # Layer-wise decay (ELECTRA's fine-tuning): block i of L learns at layer_decay ** (L - i)
+  # times the encoder's rate, the embeddings at layer_decay ** (L + 1); 1 = every layer alike.
+  layer_decay: float = 1.0
 
   def check(self, c: Checker) -> None:
     c.number('encoder_learning_rate_multiplier', 0, note=' (0 = frozen encoder)')
+    if c.number('layer_decay', 0, 1, low_open=True, note=' (1 = no decay)') and \
+        self.layer_decay != 1.0:
+      name = c.get('model.name')
+      c.check(c.get('model.num_layers') is not None, 'layer_decay',
+              f'1.0 for model {name!r} (it has no Transformer blocks to decay over)')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """The Optax optimizer a config asks for: adam (default), adamw or sgd, a learning-rate
 schedule, optional global-norm gradient clipping, and for classifiers an encoder learning-rate
 multiplier (0 freezes the encoder: a linear probe). `OptimizerConfig` is the `optimizer`
-section (a classifier's adds `encoder_learning_rate_multiplier`: sslm_jax/tasks/classification.py).
+section (a classifier's adds `encoder_learning_rate_multiplier` and `layer_decay`:
+sslm_jax/tasks/classification.py).
 """
 
 import dataclasses
+import re
 
 import jax
 import optax
@@ -14,6 +16,9 @@ from sslm_jax.config import Checker, Section
 ENCODER = 'encoder'  # the top-level parameter key of a classifier's encoder (models/heads.py)
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'linear')
+# A Transformer stack's blocks (models/transformer.py) and what lies below the first of them.
+_BLOCK = re.compile(r'blocks_(\d+)')
+_EMBEDDINGS = ('embed', 'position_embed', 'embedding_norm')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +49,39 @@ def encoder_labels(params) -> dict:
   """'encoder' for every leaf under params['encoder'], 'head' for every other leaf."""
   return {key: jax.tree.map(lambda _, k=key: ENCODER if k == ENCODER else 'head', value)
           for key, value in params.items()}
+
+
+def encoder_depths(encoder_params) -> tuple[dict, int]:
+  """(the depth of each leaf, the top depth): 0 for the embeddings, i + 1 for block i, the top
+  (number of blocks + 1) for everything above the blocks (final norm, pretraining heads)."""
+  def block_index(path):
+    found = [int(m.group(1)) for k in path
+             if (m := _BLOCK.fullmatch(str(getattr(k, 'key', k))))]
+    return found[0] if found else None
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(encoder_params)[0]]
+  top = max((i for i in map(block_index, paths) if i is not None), default=-1) + 2
+  def depth(path, _):
+    i = block_index(path)
+    if i is not None:
+      return i + 1
+    return 0 if any(str(getattr(k, 'key', k)) in _EMBEDDINGS for k in path) else top
+  return jax.tree_util.tree_map_with_path(depth, encoder_params), top
+
+
+def scale_encoder_layers(layer_decay: float) -> optax.GradientTransformation:
+  """Scales each encoder update by layer_decay ** (top depth - its depth) (`encoder_depths`);
+  the head's stay as they are. After an elementwise optimizer this is that optimizer at those
+  learning rates (weight decay included, as with the encoder multiplier)."""
+  def scales(updates):
+    depths, top = encoder_depths(updates[ENCODER])
+    return {key: jax.tree.map(lambda d: layer_decay ** (top - d), depths) if key == ENCODER else
+            jax.tree.map(lambda _: 1.0, value) for key, value in updates.items()}
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, s: u * s, updates, scales(updates)), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
@@ -82,6 +120,11 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
     encoder_tx = optax.set_to_zero() if multiplier == 0 else \
         optax.chain(tx, optax.scale(multiplier))
     tx = optax.multi_transform({ENCODER: encoder_tx, 'head': tx}, encoder_labels)
+  layer_decay = config.get('layer_decay', 1.0)
+  if layer_decay != 1.0:
+    # ELECTRA's fine-tuning (Clark et al. 2020): each layer's rate layer_decay times the one
+    # above it, so the layers nearest the input, the most general, move least.
+    tx = optax.chain(tx, scale_encoder_layers(layer_decay))
   if config.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   return tx
