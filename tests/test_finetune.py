@@ -354,19 +354,6 @@ def test_layer_decay_scales_each_block_of_the_encoder(model):
       updates['encoder'])]), -0.05, rtol=1e-6)  # float32 products of 0.1 and 0.5
 
 
-def test_layer_decay_is_checked():
-  config = tiny_pipeline(TINY_GPT, regimes=('full',))
-  config.finetune.optimizer.layer_decay = 0.0
-  with pytest.raises(ConfigError, match=r'finetune.optimizer.layer_decay=0.0 is invalid; allowed: '
-                                        r'a float in \(0, 1\] \(1 = no decay\)'):
-    pipeline_lib.validate_pipeline(config)
-  image = tiny_pipeline(TINY_VAE, regimes=('full',))
-  image.finetune.optimizer.layer_decay = 0.8
-  with pytest.raises(ConfigError, match=r"layer_decay=0.8 is invalid; allowed: 1.0 for model "
-                                        r"'vae' \(it has no Transformer blocks"):
-    pipeline_lib.validate_pipeline(image)
-
-
 def test_class_weights_and_label_smoothing():
   labels = np.array([0, 0, 0, 1])
   weights = classification.balanced_class_weights(labels, 3)
@@ -396,14 +383,24 @@ def test_reinit_top_layers_takes_the_top_blocks_and_final_norm_from_the_fresh_st
   deep = {f'blocks_{i}': i for i in range(11)}
   assert [k for k, v in cls_task.reinit_top_blocks(deep, dict.fromkeys(deep, -1), 2).items()
           if v == -1] == ['blocks_9', 'blocks_10']
+
+
+@pytest.mark.parametrize('key,text_value,text_allowed,image_value,image_allowed', [
+    ('classifier.reinit_top_layers', 2, r'at most model.num_layers=1', 1, r'0 for model'),
+    ('optimizer.layer_decay', 0.0, r'a float in \(0, 1\] \(1 = no decay\)', 0.8,
+     r'1.0 for model')])
+def test_transformer_fine_tuning_keys_are_checked(key, text_value, text_allowed, image_value,
+                                                  image_allowed):
+  section, name = key.split('.')
   config = tiny_pipeline(TINY_GPT, regimes=('full',))
-  config.finetune.classifier.reinit_top_layers = 2
-  with pytest.raises(ConfigError, match=r'reinit_top_layers=2 is invalid; allowed: at most '
-                                        r'model.num_layers=1'):
+  config.finetune[section][name] = text_value
+  with pytest.raises(ConfigError, match=rf'finetune.{key}={text_value} is invalid; allowed: '
+                                        rf'{text_allowed}'):
     pipeline_lib.validate_pipeline(config)
   image = tiny_pipeline(TINY_VAE, regimes=('full',))
-  image.finetune.classifier.reinit_top_layers = 1
-  with pytest.raises(ConfigError, match=r"allowed: 0 for model 'vae' \(it has no Transformer"):
+  image.finetune[section][name] = image_value
+  with pytest.raises(ConfigError, match=rf"{name}={image_value} is invalid; allowed: "
+                                        rf"{image_allowed} 'vae' \(it has no Transformer blocks"):
     pipeline_lib.validate_pipeline(image)
 
 
