@@ -26,7 +26,8 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 
 RUNS = ('vae', 'gpt', 'text_vae')
 # Keys added since those folders were written, and the values that they load with.
 ADDED_SINCE = {'train.init_from': '', 'classifier.reinit_top_layers': 0,
-               'model.weight_init': 'lecun', 'model.embed_norm': False}
+               'model.weight_init': 'lecun', 'model.embed_norm': False,
+               'optimizer.layer_decay': 1.0}
 
 
 def old_config_text(name: str, data: tuple[str, str], workdir: str = '') -> str:
