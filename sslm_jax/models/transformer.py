@@ -50,6 +50,15 @@ _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 # at step 573 the validation perplexity that LeCun's reached at step 1146 (325 and 330; README,
 # "Fortunes: initial weights and positions").
 WEIGHT_INITS = ('lecun', 'gpt2')
+# Parameter names below the first block: what layer-wise schemes count as depth 0.
+EMBEDDING_PARAMS = ('embed', 'position_embed', 'embedding_norm')
+
+
+def block_index(name: str) -> int | None:
+  """i for a stack's block i (Flax names the modules of the `blocks` list `blocks_<i>`), else
+  None (also for the generator's `generator_blocks_<i>`)."""
+  prefix, _, index = name.partition('_')
+  return int(index) if prefix == 'blocks' and index.isdigit() else None
 
 
 def kernel_inits(weight_init: str, num_layers: int):

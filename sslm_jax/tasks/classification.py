@@ -36,6 +36,7 @@ from sslm_jax.data.tfds_utils import DataError
 from sslm_jax.eval import metrics as metrics_lib
 from sslm_jax.eval import plots
 from sslm_jax.models import MODELS, build_classifier, build_model
+from sslm_jax.models.transformer import block_index
 from sslm_jax.objectives import bind_loss, classification
 from sslm_jax.tasks import text
 from sslm_jax.tasks.base import Context, init_params, over_rows, restore_matching
@@ -113,8 +114,7 @@ def reinit_top_blocks(pretrained: dict, fresh: dict, count: int) -> dict:
   if count == 0 or not isinstance(pretrained, dict):
     return pretrained
   out = {k: reinit_top_blocks(v, fresh[k], count) for k, v in pretrained.items()}
-  blocks = sorted(int(k[len('blocks_'):]) for k in pretrained
-                  if k.startswith('blocks_') and k[len('blocks_'):].isdigit())
+  blocks = sorted(i for i in map(block_index, pretrained) if i is not None)
   if blocks:
     for i in blocks[-count:]:
       out[f'blocks_{i}'] = fresh[f'blocks_{i}']

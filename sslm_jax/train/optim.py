@@ -6,19 +6,16 @@ sslm_jax/tasks/classification.py).
 """
 
 import dataclasses
-import re
 
 import jax
 import optax
 
 from sslm_jax.config import Checker, Section
+from sslm_jax.models.transformer import EMBEDDING_PARAMS, block_index
 
 ENCODER = 'encoder'  # the top-level parameter key of a classifier's encoder (models/heads.py)
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'linear')
-# A Transformer stack's blocks (models/transformer.py) and what lies below the first of them.
-_BLOCK = re.compile(r'blocks_(\d+)')
-_EMBEDDINGS = ('embed', 'position_embed', 'embedding_norm')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,18 +51,13 @@ def encoder_labels(params) -> dict:
 def encoder_depths(encoder_params) -> tuple[dict, int]:
   """(the depth of each leaf, the top depth): 0 for the embeddings, i + 1 for block i, the top
   (number of blocks + 1) for everything above the blocks (final norm, pretraining heads)."""
-  def block_index(path):
-    found = [int(m.group(1)) for k in path
-             if (m := _BLOCK.fullmatch(str(getattr(k, 'key', k))))]
-    return found[0] if found else None
-  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(encoder_params)[0]]
-  top = max((i for i in map(block_index, paths) if i is not None), default=-1) + 2
-  def depth(path, _):
-    i = block_index(path)
-    if i is not None:
-      return i + 1
-    return 0 if any(str(getattr(k, 'key', k)) in _EMBEDDINGS for k in path) else top
-  return jax.tree_util.tree_map_with_path(depth, encoder_params), top
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(encoder_params)
+  names = [[str(getattr(k, 'key', k)) for k in path] for path, _ in leaves]
+  blocks = [next((i for i in map(block_index, n) if i is not None), None) for n in names]
+  top = max((i for i in blocks if i is not None), default=-1) + 2
+  depths = [i + 1 if i is not None else 0 if set(n) & set(EMBEDDING_PARAMS) else top
+            for n, i in zip(names, blocks)]
+  return jax.tree_util.tree_unflatten(treedef, depths), top
 
 
 def scale_encoder_layers(layer_decay: float) -> optax.GradientTransformation:
