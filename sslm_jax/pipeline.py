@@ -7,6 +7,7 @@ runs, in order:
   pretrain                  the self-supervised run               -> <workdir>/pretrain
   finetune_pretrained[_R]   a classifier on the pretrained encoder, per regime R
   finetune_scratch          the same classifier from random weights, same budget
+  <run>_seed<s>             each of those again with seed s, per finetune.extra_seeds
   <run>: select and test    the checkpoint best on validation macro-F1, evaluated on test once
   baseline                  TF-IDF + LinearSVC (text) / logistic regression on pixels (images)
   feature probes            (baseline.probe_features) logistic regression on the frozen
@@ -310,9 +311,12 @@ def run_pipeline(config, workdir: str, *, command: str = '') -> dict:
           config, labelled, os.path.join(workdir, pipeline_lib.PRETRAIN_RUN),
           os.path.join(workdir, 'feature_probes'), cache))
   with timings.step('report'):
+    first_seed = [pipeline_lib.finetune_run_name(r) for r in config.finetune.regimes]
+    first_seed += [pipeline_lib.SCRATCH_RUN] if config.finetune.scratch else []
     names = report_lib.RunNames(
         pipeline_lib.PRETRAIN_RUN, {r: pipeline_lib.finetune_run_name(r)
-                                    for r in config.finetune.regimes}, pipeline_lib.SCRATCH_RUN)
+                                    for r in config.finetune.regimes}, pipeline_lib.SCRATCH_RUN,
+        seeds={run: pipeline_lib.seed_runs(config, run) for run in first_seed})
     report = report_lib.write_report(
         workdir, config=config, names=names, runs=runs, stats=stats, summaries=summaries,
         results=results, curves={name: read_metrics(os.path.join(workdir, name)) for name in runs},

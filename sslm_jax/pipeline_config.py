@@ -55,6 +55,12 @@ class FinetuneConfig(Section):
   # pretrain best need not be the best start for training a classifier from random weights
   # (README, "Fortunes: initial weights and positions"); the control should be the stronger.
   scratch_weight_init: str = ''
+  # Fine-tuning seeds besides the pretraining run's `seed`, which the first run of each kind
+  # takes: on a few thousand labelled examples two seeds of one classifier can differ by more
+  # than two pretraining objectives do (README, "Fortunes"), so every fine-tuning run (each
+  # regime, and scratch) is repeated with `seed` = each of these, in <run>_seed<s>, and the
+  # report compares means over all seeds.
+  extra_seeds: tuple[int, ...] = ()
 
   def check(self, c: Checker) -> None:
     c.check(isinstance(self.regimes, (tuple, list)) and 0 < len(self.regimes) ==
@@ -68,6 +74,12 @@ class FinetuneConfig(Section):
       c.check(self.scratch_weight_init in inits, 'scratch_weight_init',
               f"'' (the pretraining model's), or one of {inits}" if inits else
               f"'' (model {c.get('pretrain.model.name')!r} has no weight_init)")
+    seed = c.get('pretrain.seed')
+    c.check(isinstance(self.extra_seeds, (tuple, list)) and
+            len(_seeds(self.extra_seeds)) == len(set(self.extra_seeds)) ==
+            len(self.extra_seeds) and seed not in self.extra_seeds, 'extra_seeds',
+            f'a tuple of distinct integer seeds >= 0 other than pretrain.seed={seed!r} (the '
+            f'first fine-tuning run of each kind takes that one)')
     c.nonempty('finetune.data.test_split', 'the split the pipeline reports (a non-empty name)')
     # Model selection restores the evaluated checkpoint with the best validation macro-F1.
     t = {k: c.get(f'finetune.train.{k}') for k in (
@@ -114,6 +126,18 @@ def pipeline_config(pretrain: ml_collections.ConfigDict | None = None) -> ml_col
   c.baseline = ml_collections.ConfigDict(BaselineConfig.defaults())
   c.lock()
   return c
+
+
+def _seeds(values) -> list[int]:
+  """The usable seeds among `values` (a config's extra_seeds, checked or not)."""
+  if not isinstance(values, (tuple, list)):
+    return []
+  return [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
+
+
+def seed_run_name(run: str, seed: int) -> str:
+  """The folder of fine-tuning run `run` repeated with another seed (finetune.extra_seeds)."""
+  return f'{run}_seed{seed}'
 
 
 def finetune_run_name(regime: str) -> str:
@@ -169,7 +193,22 @@ def pipeline_runs(config: ml_collections.ConfigDict, workdir: str, regimes=None)
     if config.finetune.scratch_weight_init and 'weight_init' in scratch.model:  # else checked
       scratch.model.weight_init = config.finetune.scratch_weight_init
     runs_[SCRATCH_RUN] = scratch
+  # Each seed's runs together, after the first seed's: a pipeline stopped part way through still
+  # holds pretrained and scratch runs of the same seeds.
+  first_seed = [name for name in runs_ if name != PRETRAIN_RUN]
+  for seed in _seeds(config.finetune.extra_seeds):
+    for name in first_seed:
+      again = copy.deepcopy(runs_[name])
+      again.seed = seed
+      runs_[seed_run_name(name, seed)] = again
   return runs_
+
+
+def seed_runs(config: ml_collections.ConfigDict, run: str) -> dict:
+  """{seed: run folder name} of fine-tuning run `run` over the pretraining run's seed and
+  finetune.extra_seeds, in that order."""
+  seeds = [config.pretrain.seed] + _seeds(config.finetune.extra_seeds)
+  return {seed: run if i == 0 else seed_run_name(run, seed) for i, seed in enumerate(seeds)}
 
 
 def _finetune_problem(problem: str, run_name: str) -> str:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import SYLLABLES, sentences
 from sslm_jax import cli
+from sslm_jax import config as config_lib
 from sslm_jax import pipeline
 from sslm_jax import pipeline_config as pipeline_lib
 from sslm_jax import runs as runs_lib
@@ -23,6 +24,7 @@ from sslm_jax.pipeline_config import pipeline_config
 from sslm_jax.data import images as image_data
 from sslm_jax.data import labels as label_data
 from sslm_jax.eval import baselines
+from sslm_jax.eval import report as report_lib
 from sslm_jax.eval.metrics import classification_metrics
 from sslm_jax.models import build_model, heads
 from sslm_jax.objectives import classification
@@ -109,11 +111,13 @@ def image_run(idx_dataset, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def text_run(topics, tmp_path_factory):
-  """(config, workdir, report) of a tiny text pipeline: full fine-tuning and scratch."""
+  """(config, workdir, report) of a tiny text pipeline: full fine-tuning and scratch, each with
+  seeds 0 and 3."""
   data_dir, manual_dir = topics
   config = tiny_pipeline({**TINY_GPT, 'data.data_dir': data_dir, 'data.manual_dir': manual_dir},
                          regimes=('full',), **{'text.seq_len': 32})
   config.baseline.probe_features = True
+  config.finetune.extra_seeds = (3,)
   workdir = tmp_path_factory.mktemp('text_pipeline')
   return config, workdir, pipeline.run_pipeline(config, str(workdir))
 
@@ -147,6 +151,52 @@ def test_text_pipeline_writes_the_report(text_run):
   assert chosen['selected_step'] in chosen['candidate_steps']
   saved = runs_lib.saved_config(str(workdir / 'finetune_scratch'))
   assert saved.data.test_split == '' and saved.data.eval_split == 'validation'
+
+
+@pytest.mark.slow
+def test_extra_seeds_repeat_each_fine_tuning_run_and_the_report_reads_their_means(text_run):
+  config, workdir, report = text_run
+  entries = report['tasks']['classification']
+  for key, run in (('pretrained', 'finetune_pretrained'), ('scratch', 'finetune_scratch')):
+    again = f'{run}_seed3'
+    assert runs_lib.saved_config(str(workdir / run)).seed == config.pretrain.seed == 0
+    assert runs_lib.saved_config(str(workdir / again)).seed == 3
+    # Another seed trains another model: other initial head weights, batch order, dropout.
+    _, first, _ = runs_lib.restore_params(str(workdir / run))
+    _, second, _ = runs_lib.restore_params(str(workdir / again))
+    assert not np.array_equal(np.asarray(first['head']['kernel']),
+                              np.asarray(second['head']['kernel']))
+    chosen = [json.loads((workdir / r / 'test_result.json').read_text()) for r in (run, again)]
+    scores = [c['test']['macro_f1'] for c in chosen]
+    e = entries[key]
+    assert e['seeds'] == [
+        {'seed': seed, 'run': r, 'selected_step': c['selected_step'],
+         'macro_f1': c['test']['macro_f1'], 'validation_macro_f1': c['validation']['macro_f1']}
+        for seed, r, c in zip((0, 3), (run, again), chosen)]
+    assert e['macro_f1'] == scores[0]  # the entry itself stays the first seed's run
+    assert e['mean_macro_f1'] == pytest.approx(np.mean(scores))
+    assert e['std_macro_f1'] == pytest.approx(np.std(scores, ddof=1))
+  md = (workdir / 'report.md').read_text()
+  assert '## Fine-tuning seeds' in md and '| entry | seed 0 | seed 3 |' in md
+  assert 'means over 2 fine-tuning seeds' in md
+
+
+def test_the_verdict_compares_means_over_seeds_and_counts_each_seed():
+  def entry(*scores):
+    return {'macro_f1': scores[0], 'regime': 'full', 'mean_macro_f1': float(np.mean(scores)),
+            'seeds': [{'seed': s, 'macro_f1': f} for s, f in zip((0, 1, 2), scores)]}
+  entries = {'pretrained': entry(0.40, 0.60, 0.56), 'scratch': entry(0.50, 0.45, 0.58),
+             'baseline': {'macro_f1': 0.49, 'method': 'TF-IDF'}}
+  lines = report_lib._verdict(entries)
+  # The first seed alone would say the opposite (0.40 against 0.50 and 0.49).
+  assert lines[0] == ('- Pretrained-then-fine-tuned (full) **beats** the same model trained from '
+                      'scratch with the same budget: macro-F1 0.520 vs 0.510 (+0.010) (means '
+                      'over 3 fine-tuning seeds); ahead in 1 of 3 seeds.')
+  assert lines[1].endswith('0.520 vs 0.490 (+0.030) (means over 3 fine-tuning seeds); ahead in '
+                           '2 of 3 seeds.')
+  assert lines[-1].endswith('**met**.')
+  entries['scratch'] = entry(0.50, 0.65, 0.58)
+  assert report_lib._verdict(entries)[-1].endswith('**not met**.')
 
 
 @pytest.mark.slow
@@ -454,6 +504,28 @@ def test_pipeline_derives_its_runs_from_the_pretraining_config():
                                            'classification', ''),
       'finetune_scratch': ('', tokenizer, 1e-3, 1.0, 1.0, 0.1, 'classification', '')}
   assert runs['pretrain'] is config.pretrain
+  # finetune.extra_seeds: every fine-tuning run again per seed, a seed's runs together.
+  config.finetune.extra_seeds = (2, 1)
+  pipeline_lib.validate_pipeline(config)
+  seeded = pipeline_lib.pipeline_runs(config, '/w')
+  first = ['finetune_pretrained', 'finetune_pretrained_linear_probe', 'finetune_scratch']
+  assert list(seeded) == ['pretrain', *first, *[f'{r}_seed2' for r in first],
+                          *[f'{r}_seed1' for r in first]]
+  for name in first:
+    for seed in (2, 1):
+      again = seeded[f'{name}_seed{seed}']
+      assert again.seed == seed
+      again.seed = 0
+      assert config_lib.differences(again, seeded[name]) == {}
+  assert pipeline_lib.seed_runs(config, 'finetune_scratch') == {
+      0: 'finetune_scratch', 2: 'finetune_scratch_seed2', 1: 'finetune_scratch_seed1'}
+  for seeds in ((0,), (1, 1), (-1,), (1.5,)):
+    config.finetune.extra_seeds = seeds
+    with pytest.raises(ConfigError, match=r'finetune.extra_seeds=.* is invalid; allowed: a tuple '
+                                          r'of distinct integer seeds >= 0 other than '
+                                          r'pretrain.seed=0'):
+      pipeline_lib.validate_pipeline(config)
+  config.finetune.extra_seeds = ()
   # finetune.scratch_weight_init changes the scratch run's initial weights, and nothing else.
   config.pretrain.model.weight_init = 'gpt2'
   config.finetune.scratch_weight_init = 'lecun'

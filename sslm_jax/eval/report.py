@@ -33,6 +33,9 @@ class RunNames:
   pretrain: str
   finetune: dict
   scratch: str
+  # {first-seed run: {seed: folder}} where fine-tuning ran over several seeds
+  # (finetune.extra_seeds; the first seed's folder is the run itself).
+  seeds: dict = dataclasses.field(default_factory=dict)
 
   @property
   def main(self) -> str:
@@ -55,6 +58,8 @@ def _entries(names: RunNames, results: dict, pretraining: str) -> dict:
                 'pretraining': pretraining if key != 'scratch' else 'none',
                 'selected_step': r['selected_step'],
                 'validation_macro_f1': r['validation'].get('macro_f1')}
+    if len(names.seeds.get(run, {})) > 1:
+      out[key].update(_over_seeds(names.seeds[run], results))
   for key in METHOD_ENTRIES:
     if key in results:
       r = results[key]
@@ -64,6 +69,28 @@ def _entries(names: RunNames, results: dict, pretraining: str) -> dict:
       if key == 'probe_pretrained':
         out[key]['pretraining'] = pretraining
   return out
+
+
+def _over_seeds(folders: dict, results: dict) -> dict:
+  """One model fine-tuned with each seed ({seed: run folder}): each seed's selected step and
+  scores, and the mean and sample standard deviation over seeds of test macro-F1 (and the mean
+  of validation's)."""
+  seeds = [{'seed': seed, 'run': run, 'selected_step': results[run]['selected_step'],
+            'macro_f1': results[run]['test']['macro_f1'],
+            'validation_macro_f1': results[run]['validation'].get('macro_f1')}
+           for seed, run in folders.items()]
+  test = np.asarray([s['macro_f1'] for s in seeds])
+  validation = [s['validation_macro_f1'] for s in seeds]
+  return {'seeds': seeds, 'mean_macro_f1': float(test.mean()),
+          'std_macro_f1': float(test.std(ddof=1)),
+          'mean_validation_macro_f1': (float(np.mean(validation)) if None not in validation
+                                       else None)}
+
+
+def _score(entry: dict) -> float:
+  """The test macro-F1 a comparison reads: the mean over fine-tuning seeds where there are
+  several."""
+  return entry.get('mean_macro_f1', entry['macro_f1'])
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -116,14 +143,21 @@ def _verdict(entries: dict) -> list[str]:
   pre = entries.get('pretrained')
   if pre is None:
     return lines
+  seeds = pre.get('seeds', [])
+  mean = f' (means over {len(seeds)} fine-tuning seeds)' if seeds else ''
   for other, what in (('scratch', 'the same model trained from scratch with the same budget'),
                       ('baseline', entries.get('baseline', {}).get('method', ''))):
     if other in entries:
-      delta = pre['macro_f1'] - entries[other]['macro_f1']
+      delta = _score(pre) - _score(entries[other])
       word = 'beats' if delta > 0 else 'does not beat'
-      lines.append(f'- Pretrained-then-fine-tuned ({pre["regime"]}) **{word}** {what}: '
-                   f'macro-F1 {pre["macro_f1"]:.3f} vs {entries[other]["macro_f1"]:.3f} '
-                   f'({delta:+.3f}).')
+      line = (f'- Pretrained-then-fine-tuned ({pre["regime"]}) **{word}** {what}: '
+              f'macro-F1 {_score(pre):.3f} vs {_score(entries[other]):.3f} ({delta:+.3f}){mean}')
+      if seeds:  # seed by seed: scratch's run of the same seed, the baseline's one fit
+        theirs = {s['seed']: s['macro_f1'] for s in entries[other].get('seeds', [])}
+        ahead = [s['macro_f1'] > theirs.get(s['seed'], entries[other]['macro_f1'])
+                 for s in seeds if other != 'scratch' or s['seed'] in theirs]
+        line += f'; ahead in {sum(ahead)} of {len(ahead)} seeds'
+      lines.append(line + '.')
   probe = entries.get('probe_pretrained')
   for other in ('probe_random', 'baseline'):
     if probe and other in entries:
@@ -132,9 +166,8 @@ def _verdict(entries: dict) -> list[str]:
                    f'features **{"beats" if delta > 0 else "does not beat"}** '
                    f'{entries[other]["method"]}: macro-F1 {probe["macro_f1"]:.3f} vs '
                    f'{entries[other]["macro_f1"]:.3f} ({delta:+.3f}).')
-  met = all(pre['macro_f1'] > entries[k]['macro_f1'] for k in ('scratch', 'baseline')
-            if k in entries)
-  lines.append(f'- Goal (pretrained beats scratch and the baseline on test macro-F1): '
+  met = all(_score(pre) > _score(entries[k]) for k in ('scratch', 'baseline') if k in entries)
+  lines.append(f'- Goal (pretrained beats scratch and the baseline on test macro-F1{mean}): '
                f'**{"met" if met else "not met"}**.')
   return lines
 
@@ -191,8 +224,25 @@ def _summary_md(config, stats: dict, entries: dict, command: str) -> list[str]:
     rows.append([key, how] + [e[k] for k in REPORTED] + [e.get('validation_macro_f1')])
   md += _table(['entry', 'how', 'accuracy', 'macro P', 'macro R', 'macro F1', 'micro F1',
                 'weighted F1', 'validation macro F1'], rows)
-  return md + ['Macro means are over the classes present in the test labels or predictions '
-               '(scikit-learn\'s default); micro F1 equals accuracy (one label an example).', '']
+  md += ['Macro means are over the classes present in the test labels or predictions '
+         '(scikit-learn\'s default); micro F1 equals accuracy (one label an example).', '']
+  return md + _seeds_md(entries)
+
+
+def _seeds_md(entries: dict) -> list[str]:
+  """Test macro-F1 (validation) of each fine-tuning seed, where there are several."""
+  over_seeds = {key: e for key, e in entries.items() if 'seeds' in e}
+  if not over_seeds:
+    return []
+  seeds = [s['seed'] for s in next(iter(over_seeds.values()))['seeds']]
+  rows = [[key] + [f'{s["macro_f1"]:.3f} ({_fmt(s["validation_macro_f1"])})' for s in e['seeds']]
+          + [f'{e["mean_macro_f1"]:.3f} ± {e["std_macro_f1"]:.3f}',
+             e['mean_validation_macro_f1']] for key, e in over_seeds.items()]
+  md = ['## Fine-tuning seeds (test macro-F1, validation in brackets)', '',
+        'Each seed changes the head\'s initial weights (and a scratch run\'s encoder), dropout '
+        'and the order of the batches; each run chose its checkpoint on validation alone.', '']
+  return md + _table(['entry'] + [f'seed {s}' for s in seeds] +
+                     ['mean ± std (test)', 'mean (validation)'], rows)
 
 
 def _data_md(stats: dict, runs: dict, summaries: dict, names: RunNames) -> list[str]:
@@ -291,7 +341,8 @@ def compare(workdirs: list[str]) -> str:
   baseline or majority row that another pipeline already gave, same method and score, is left
   out): how each model was pretrained, for how long, and its test scores."""
   header = ['pipeline', 'entry', 'pretraining', 'pretraining steps', 'pretraining s',
-            'test accuracy', 'test macro-F1', 'validation macro-F1']
+            'test accuracy', 'test macro-F1', 'validation macro-F1',
+            'test macro-F1 over fine-tuning seeds: mean ± std (seeds)']
   rows, seen = [], set()
   for workdir in workdirs:
     path = os.path.join(workdir, 'report.json')
@@ -327,5 +378,7 @@ def compare(workdirs: list[str]) -> str:
                      f'{pretraining} ({e["regime"]})' if pretrained else 'none',
                      pre.get('steps') if pretrained else '',
                      round(report['wall_seconds'].get('pretrain', 0)) if pretrained else '',
-                     e['accuracy'], e['macro_f1'], e.get('validation_macro_f1')])
-  return '\n'.join(_table(header, rows))
+                     e['accuracy'], e['macro_f1'], e.get('validation_macro_f1'),
+                     f'{e["mean_macro_f1"]:.3f} ± {e["std_macro_f1"]:.3f} ({len(e["seeds"])})'
+                     if 'seeds' in e else ''])
+  return '\n'.join(_table(header, [row + [''] * (len(header) - len(row)) for row in rows]))
