@@ -311,11 +311,10 @@ def run_pipeline(config, workdir: str, *, command: str = '') -> dict:
           config, labelled, os.path.join(workdir, pipeline_lib.PRETRAIN_RUN),
           os.path.join(workdir, 'feature_probes'), cache))
   with timings.step('report'):
-    first_seed = [pipeline_lib.finetune_run_name(r) for r in config.finetune.regimes]
-    first_seed += [pipeline_lib.SCRATCH_RUN] if config.finetune.scratch else []
+    finetune = {r: pipeline_lib.finetune_run_name(r) for r in config.finetune.regimes}
+    first_seed = [run for run in (*finetune.values(), pipeline_lib.SCRATCH_RUN) if run in runs]
     names = report_lib.RunNames(
-        pipeline_lib.PRETRAIN_RUN, {r: pipeline_lib.finetune_run_name(r)
-                                    for r in config.finetune.regimes}, pipeline_lib.SCRATCH_RUN,
+        pipeline_lib.PRETRAIN_RUN, finetune, pipeline_lib.SCRATCH_RUN,
         seeds={run: pipeline_lib.seed_runs(config, run) for run in first_seed})
     report = report_lib.write_report(
         workdir, config=config, names=names, runs=runs, stats=stats, summaries=summaries,

@@ -75,9 +75,11 @@ class FinetuneConfig(Section):
               f"'' (the pretraining model's), or one of {inits}" if inits else
               f"'' (model {c.get('pretrain.model.name')!r} has no weight_init)")
     seed = c.get('pretrain.seed')
+    # Usable seeds first: set() would raise on an unhashable one instead of naming it.
     c.check(isinstance(self.extra_seeds, (tuple, list)) and
-            len(_seeds(self.extra_seeds)) == len(set(self.extra_seeds)) ==
-            len(self.extra_seeds) and seed not in self.extra_seeds, 'extra_seeds',
+            len(_seeds(self.extra_seeds)) == len(self.extra_seeds) and
+            len(set(self.extra_seeds)) == len(self.extra_seeds) and
+            seed not in self.extra_seeds, 'extra_seeds',
             f'a tuple of distinct integer seeds >= 0 other than pretrain.seed={seed!r} (the '
             f'first fine-tuning run of each kind takes that one)')
     c.nonempty('finetune.data.test_split', 'the split the pipeline reports (a non-empty name)')

@@ -524,7 +524,7 @@ def test_pipeline_derives_its_runs_from_the_pretraining_config():
       assert config_lib.differences(again, seeded[name]) == {}
   assert pipeline_lib.seed_runs(config, 'finetune_scratch') == {
       0: 'finetune_scratch', 2: 'finetune_scratch_seed2', 1: 'finetune_scratch_seed1'}
-  for seeds in ((0,), (1, 1), (-1,), (1.5,)):
+  for seeds in ((0,), (1, 1), (-1,), (1.5,), ([1],)):
     config.finetune.extra_seeds = seeds
     with pytest.raises(ConfigError, match=r'finetune.extra_seeds=.* is invalid; allowed: a tuple '
                                           r'of distinct integer seeds >= 0 other than '

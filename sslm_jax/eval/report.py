@@ -155,7 +155,7 @@ def _verdict(entries: dict) -> list[str]:
       if seeds:  # seed by seed: scratch's run of the same seed, the baseline's one fit
         theirs = {s['seed']: s['macro_f1'] for s in entries[other].get('seeds', [])}
         ahead = [s['macro_f1'] > theirs.get(s['seed'], entries[other]['macro_f1'])
-                 for s in seeds if other != 'scratch' or s['seed'] in theirs]
+                 for s in seeds]
         line += f'; ahead in {sum(ahead)} of {len(ahead)} seeds'
       lines.append(line + '.')
   probe = entries.get('probe_pretrained')
