@@ -12,7 +12,8 @@ set up as training sets it up (`runs.setup` in a temporary folder: data, tokeniz
 state; the loop's `compile_step` on the config's parallel layout), and the first --batches
 batches of its own training feed are placed on the devices beforehand, so only the step is
 timed, not input. After --warmup steps each, --repeats rounds run --steps steps of every row in
-turn; each step is timed alone, to its metrics on the host (the loop fetches them too).
+turn; each step is timed alone, until its loss is on the host (the training loop keeps two
+steps in flight instead, which hides the dispatch; here every row pays it alike).
 
 Columns: median ms a step (p10-p90), steps/s, `ratio` = the row's steps/s over the first row's,
 and `equal-time steps` = round(the first row's configured steps x ratio), the steps that take the
@@ -62,17 +63,16 @@ def parse_args(argv=None):
                       + '; '.join(DEFAULT_ROWS))
   p.add_argument('--steps', type=int, default=20, help='timed steps a row per round')
   p.add_argument('--repeats', type=int, default=8, help='interleaved rounds')
-  p.add_argument('--warmup', type=int, default=5, help='untimed steps a row after compiling')
+  p.add_argument('--warmup', type=int, default=5,
+                 help='untimed steps a row, the first of which compiles it')
   p.add_argument('--batches', type=int, default=8,
                  help='batches of each row\'s feed placed beforehand and cycled')
   p.add_argument('--out_dir', default=os.path.join(os.path.dirname(__file__), 'results'))
   args = p.parse_args(argv)
   args.rows = args.rows or list(DEFAULT_ROWS)
-  for flag in ('steps', 'repeats', 'batches'):
+  for flag in ('steps', 'repeats', 'warmup', 'batches'):  # warmup: the first step compiles
     if getattr(args, flag) < 1:
       p.error(f'--{flag} must be at least 1; got {getattr(args, flag)}')
-  if args.warmup < 0:
-    p.error(f'--warmup must be at least 0; got {args.warmup}')
   return args
 
 

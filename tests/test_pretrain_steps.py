@@ -75,6 +75,13 @@ def test_a_bad_row_is_named_before_any_work(spec, message):
     pretrain_steps.row_config(spec)
 
 
+@pytest.mark.parametrize('flag', ['--steps=0', '--repeats=0', '--warmup=0', '--batches=0'])
+def test_counts_must_be_positive(flag, capsys):
+  with pytest.raises(SystemExit):
+    pretrain_steps.parse_args([flag])
+  assert f'{flag.split("=")[0]} must be at least 1' in capsys.readouterr().err
+
+
 def test_rows_need_distinct_names(tmp_path):
   with pytest.raises(ConfigError, match='row names must differ'):
     pretrain_steps.main(['--row', 'a=configs/bert_fortunes.py',
