@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import shlex
 import resource
 import sys
 import time
@@ -97,9 +98,10 @@ def write_results(out_dir: str, name: str, results, table: str, backend: str = '
 
 
 def command_line(module: str) -> str:
-  """How this run was started, as `python benchmarks/x.py ...` or `python -m module ...`."""
-  return ' '.join(['python'] + (['-m', module] if not sys.argv[0].endswith('.py')
-                                else [os.path.relpath(sys.argv[0])]) + sys.argv[1:])
+  """How this run was started, as `python benchmarks/x.py ...` or `python -m module ...`, quoted
+  for a shell (a `--row "name=CONFIG --config.k=v"` stays one argument)."""
+  return shlex.join(['python'] + (['-m', module] if not sys.argv[0].endswith('.py')
+                                  else [os.path.relpath(sys.argv[0])]) + sys.argv[1:])
 
 
 def machine() -> dict:

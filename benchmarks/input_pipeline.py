@@ -43,7 +43,7 @@ if __name__ == '__main__':
 
 import numpy as np  # noqa: E402
 
-from benchmarks._common import rss_mb, table_head, write_results  # noqa: E402
+from benchmarks._common import command_line, rss_mb, table_head, write_results  # noqa: E402
 from sslm_jax.data import shards  # noqa: E402
 from sslm_jax.train.writers import write_atomic  # noqa: E402
 
@@ -306,7 +306,7 @@ def main(argv=None) -> dict:
       'corpus_mb_1x': memory['1x']['rows'] * row_bytes / 2 ** 20,
       'corpus_mb_20x': memory['20x']['rows'] * row_bytes / 2 ** 20,
       'stream_steps': args.stream_steps, 'shard_bytes': sizes,
-      'meta': {'command': ' '.join(['python', os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+      'meta': {'command': command_line('benchmarks.input_pipeline'),
                'cpu_count': os.cpu_count(), 'grain': grain.__version__,
                'load_start': load_start, 'load_end': os.getloadavg()[0]}}
   write_results(args.out_dir, 'input_pipeline', results, markdown(results))

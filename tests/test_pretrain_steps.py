@@ -3,6 +3,7 @@ count, on tiny versions of the shipped fortunes configs (generated corpus, no ne
 
 import json
 import os
+import shlex
 import sys
 
 import jax
@@ -86,3 +87,12 @@ def test_rows_need_distinct_names(tmp_path):
   with pytest.raises(ConfigError, match='row names must differ'):
     pretrain_steps.main(['--row', 'a=configs/bert_fortunes.py',
                          '--row', 'a=configs/electra_fortunes.py', f'--out_dir={tmp_path}'])
+
+
+def test_the_recorded_command_reruns_as_typed(monkeypatch):
+  # A row holds spaces: the command written beside the results must keep it one argument.
+  argv = ['benchmarks/pretrain_steps.py', '--row', 'mlm=configs/bert_fortunes.py --config.seed=1',
+          '--steps=3']
+  monkeypatch.setattr(sys, 'argv', argv)
+  recorded = _common.command_line('benchmarks.pretrain_steps')
+  assert shlex.split(recorded) == ['python', os.path.relpath(argv[0])] + argv[1:]
