@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 
 from sslm_jax import host_memory  # standard library only: no start-up cost
@@ -116,8 +117,9 @@ def cmd_train(args, rest: list[str]) -> int:
 def cmd_pipeline(args, rest: list[str]) -> int:
   from sslm_jax import pipeline
   config, workdir = _load_config(rest, command='pipeline')
+  # Shell-quoted: the report's command reruns as typed (`--config.x="(1,2)"` included).
   report = pipeline.run_pipeline(config, workdir,
-                                 command=' '.join(['sslm-jax', args.command, *rest]))
+                                 command=shlex.join(['sslm-jax', args.command, *rest]))
   print(json.dumps(report['tasks'], indent=2, sort_keys=True))
   print(f'report: {os.path.join(workdir, "report.md")}')
   return 0

@@ -21,7 +21,9 @@ same command therefore continues where it stopped. Every config (the pipeline's 
 it derives, and each run folder's saved settings) is checked before any work starts. The test
 split is never used to choose anything.
 
-`timings.json` adds up the wall time of each step over every invocation.
+`timings.json` adds up the wall time of each step over every invocation; `commands.json` keeps
+each invocation's command line, in order, and the report shows them all (a resumed folder's
+results came from every one of them, not from the last alone).
 """
 
 import contextlib
@@ -258,6 +260,21 @@ def _same_settings(saved, settings: dict) -> bool:
           all(runs_lib.legacy_default(k, v) for k, v in extra.items()))
 
 
+def record_command(workdir: str, command: str) -> list[dict]:
+  """Appends `command` (when given) with its UTC start time to <workdir>/commands.json; returns
+  every invocation recorded there, oldest first."""
+  path = os.path.join(workdir, 'commands.json')
+  commands = []
+  if os.path.exists(path):
+    with open(path) as f:
+      commands = json.load(f)
+  if command:
+    commands.append({'command': command,
+                     'started': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})
+    writers.write_json(path, commands)
+  return commands
+
+
 def majority_baseline(run_config, cache: dict, num_classes: int) -> dict:
   """Every test example predicted as the most frequent training class."""
   d = run_config.data
@@ -287,6 +304,7 @@ def run_pipeline(config, workdir: str, *, command: str = '') -> dict:
   os.makedirs(workdir, exist_ok=True)
   writers.write_json(os.path.join(workdir, 'pipeline_config.json'), config.to_dict())
   writers.write_json(os.path.join(workdir, 'data_stats.json'), stats)
+  commands = record_command(workdir, command)
   timings = _Timings(workdir)
   timings.add('data', time.time() - started)
   summaries, results = {}, {}
@@ -319,6 +337,6 @@ def run_pipeline(config, workdir: str, *, command: str = '') -> dict:
     report = report_lib.write_report(
         workdir, config=config, names=names, runs=runs, stats=stats, summaries=summaries,
         results=results, curves={name: read_metrics(os.path.join(workdir, name)) for name in runs},
-        timings=timings.steps, command=command)
+        timings=timings.steps, commands=commands)
     writers.write_json(os.path.join(workdir, 'report.json'), report)
   return report

@@ -6,6 +6,7 @@ split) run once per module; the tests read their run folders.
 """
 
 import json
+import shlex
 import sys
 
 import jax
@@ -119,7 +120,8 @@ def text_run(topics, tmp_path_factory):
   config.baseline.probe_features = True
   config.finetune.extra_seeds = (3,)
   workdir = tmp_path_factory.mktemp('text_pipeline')
-  return config, workdir, pipeline.run_pipeline(config, str(workdir))
+  return config, workdir, pipeline.run_pipeline(config, str(workdir),
+                                                command='sslm-jax pipeline --config tiny.py')
 
 
 @pytest.mark.slow
@@ -247,8 +249,16 @@ def test_rerun_resumes_and_retrains_nothing(text_run):
   config, workdir, report = text_run
   kept = [workdir / 'baseline' / 'result.json', workdir / 'feature_probes' / 'result.json']
   written = [path.stat().st_mtime_ns for path in kept]
-  again = pipeline.run_pipeline(config, str(workdir))
+  assert 'Command: `sslm-jax pipeline --config tiny.py`' in (workdir / 'report.md').read_text()
+  resumed = "sslm-jax pipeline --config tiny.py '--config.finetune.extra_seeds=(3,)'"
+  again = pipeline.run_pipeline(config, str(workdir), command=resumed)
   assert again['tasks'] == report['tasks']
+  # The report names every invocation, in order: the results came from both.
+  assert [c['command'] for c in again['commands']] == [
+      'sslm-jax pipeline --config tiny.py', resumed]
+  md = (workdir / 'report.md').read_text()
+  assert '1. `sslm-jax pipeline --config tiny.py` (' in md
+  assert f'2. `{resumed}` (' in md
   assert [path.stat().st_mtime_ns for path in kept] == written  # reused, not fitted again
   for name in ('finetune_pretrained', 'finetune_scratch'):
     summary = json.loads((workdir / name / 'summary.json').read_text())
@@ -313,6 +323,21 @@ def test_feature_probes_fit_what_the_head_reads_of_each_encoder(image_run):
     assert float(classification_metrics(test, fitted['test_predictions'], task.num_classes)
                  ['macro_f1']) == pytest.approx(entries[key]['macro_f1'], abs=1e-12), key
   assert not np.allclose(task.features(random, 'validation'), features)
+
+
+def test_the_cli_records_a_command_that_reruns_as_typed(tmp_path, monkeypatch):
+  seen = {}
+
+  def fake_run_pipeline(config, workdir, *, command):
+    seen['command'] = command
+    return {'tasks': {}}
+
+  monkeypatch.setattr(pipeline, 'run_pipeline', fake_run_pipeline)
+  argv = ['pipeline', '--config', 'configs/pipeline_fortunes.py', '--workdir', str(tmp_path),
+          '--config.finetune.extra_seeds=(1,2)', "--config.name=two words"]
+  assert cli.main(argv) == 0
+  # Unquoted, bash reads `(1,2)` as a syntax error and splits "two words".
+  assert shlex.split(seen['command']) == ['sslm-jax', *argv]
 
 
 def test_pipeline_config_errors_are_named_before_any_work(tmp_path, capsys):

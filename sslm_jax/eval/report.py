@@ -180,8 +180,9 @@ def _write_md(path: str, lines: list[str]) -> None:
 
 def write_report(workdir: str, *, config, names: RunNames, runs: dict, stats: dict,
                  summaries: dict, results: dict, curves: dict, timings: dict,
-                 command: str = '') -> dict:
-  """Writes report.md, confusion_matrix.png and curves.png; returns report.json's content."""
+                 commands: tuple = ()) -> dict:
+  """Writes report.md, confusion_matrix.png and curves.png; returns report.json's content.
+  `commands`: the pipeline's invocations ({'command', 'started'}), oldest first."""
   entries = _entries(names, results,
                      f'{config.pretrain.model.name} / {config.pretrain.objective.name}')
   test = stats['splits']['test']
@@ -194,13 +195,14 @@ def write_report(workdir: str, *, config, names: RunNames, runs: dict, stats: di
       'pretrain': {k: v for k, v in summaries.get(names.pretrain, {}).items()
                    if isinstance(v, (int, float, str))},
       'wall_seconds': {k: v['seconds'] for k, v in timings.items()},
+      'commands': list(commands),
   }
   plots.save_confusion_matrix(os.path.join(workdir, 'confusion_matrix.png'),
                               np.asarray(results[names.main]['confusion']), stats['class_names'],
                               title=f'pretrained, {test["name"]}')
   eval_splits = {name: run.data.eval_split for name, run in runs.items()}
   _curves_picture(os.path.join(workdir, 'curves.png'), names, curves, summaries, eval_splits)
-  md = (_summary_md(config, stats, entries, command) + _data_md(stats, runs, summaries, names) +
+  md = (_summary_md(config, stats, entries, commands) + _data_md(stats, runs, summaries, names) +
         _pretraining_md(config.pretrain, summaries.get(names.pretrain, {}),
                         curves.get(names.pretrain, [])) +
         _finetuning_md(names, runs, summaries, results, curves, eval_splits) +
@@ -209,11 +211,14 @@ def write_report(workdir: str, *, config, names: RunNames, runs: dict, stats: di
   return report
 
 
-def _summary_md(config, stats: dict, entries: dict, command: str) -> list[str]:
+def _summary_md(config, stats: dict, entries: dict, commands) -> list[str]:
   pre, test = config.pretrain, stats['splits']['test']
   md = [f'# {config.name}: does self-supervised pretraining help?', '']
-  if command:
-    md += [f'Command: `{command}`', '']
+  if len(commands) == 1:
+    md += [f'Command: `{commands[0]["command"]}`', '']
+  elif commands:
+    md += ['Commands, in the order they ran (each later one resumed this folder):', '']
+    md += [f'{i}. `{c["command"]}` ({c["started"]})' for i, c in enumerate(commands, 1)] + ['']
   md += [f'Dataset `{stats["dataset"]}` ({len(stats["class_names"])} classes, label '
          f'`{stats["label_key"]}`); pretraining: {pre.model.name} / {pre.objective.name}; every '
          f'number below is on the {test["name"]} split ({test["examples"]} examples), evaluated '
