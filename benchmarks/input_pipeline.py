@@ -27,7 +27,6 @@ written as token shards (`shards.write_shard_file`, the writer `sslm-jax data to
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,8 @@ if __name__ == '__main__':
 
 import numpy as np  # noqa: E402
 
-from benchmarks._common import command_line, rss_mb, table_head, write_results  # noqa: E402
+from benchmarks._common import (command_line, peak_rss_mb, rss_mb, table_head,  # noqa: E402
+                                write_results)
 from sslm_jax.data import shards  # noqa: E402
 from sslm_jax.train.writers import write_atomic  # noqa: E402
 
@@ -115,7 +115,7 @@ def child(kind: str, args: dict) -> dict:
   # The peak is the larger of getrusage's high-water mark and every /proc reading: the kernel
   # folds per-thread page counts into the high-water mark late, which was seen to read 0.1 MB
   # below an earlier /proc reading.
-  peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_start, rss_max)
+  peak = max(peak_rss_mb(), rss_start, rss_max)
   return {'items_per_s': (args['steps'] - 1) * items / seconds,
           'cpu_ms_per_batch': cpu / (args['steps'] - 1) * 1e3,
           'peak_rss_mb': peak,
